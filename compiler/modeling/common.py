@@ -1,0 +1,148 @@
+"""Building blocks shared by several SAM 2.1 components: MLP, LayerNorm2d, multi-head attention.
+
+The attention core is one function, ``attention``, so that how attention is lowered into the
+ONNX graph is decided in one place (``Attention.lowering``, set by the export wrappers from the
+manifest's ``attention`` setting):
+
+- ``"matmul"``: ``softmax(q k^T / sqrt(d) + mask) v`` written out as MatMul/Softmax nodes; runs on
+  every execution provider and is the fallback when no fused kernel exists.
+- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``; what the exporter makes of it
+  depends on the exporter and opset (an ``Attention`` node at opset 23+, else MatMul/Softmax).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_LOWERINGS = ("matmul", "sdpa")
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (SAM 2's ``MLP``)."""
+
+    def __init__(
+        self,
+        *,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int,
+        activation: type[nn.Module] = nn.ReLU,
+        sigmoid_output: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        h = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim, *h], [*h, output_dim], strict=True)
+        )
+        self.sigmoid_output = sigmoid_output
+        self.act = activation()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = self.act(layer(x)) if i < self.num_layers - 1 else layer(x)
+        if self.sigmoid_output:
+            x = torch.sigmoid(x)
+        return x
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of ``[B, C, H, W]`` maps."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    lowering: str = "matmul",
+) -> torch.Tensor:
+    """Scaled dot-product attention of ``[B, H, Nq, D]`` queries over ``[B, H, Nk, D]`` keys.
+
+    ``mask`` is additive (0 for keys to use, a large negative number for keys to ignore) and
+    broadcasts to ``[B, H, Nq, Nk]``; a masked key then gets a softmax weight of exactly 0, so a
+    padded static graph gives the same numbers as the dynamic graph without the padding.
+    """
+    if lowering == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if lowering != "matmul":
+        raise ValueError(f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}")
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))
+    if mask is not None:
+        logits = logits + mask
+    return torch.matmul(torch.softmax(logits, dim=-1), v)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with optional down-projection (SAM's ``Attention``).
+
+    Parameter names (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``) are SAM 2's, so official
+    checkpoints load with ``strict=True``. Dropout is omitted: these modules only run in eval.
+    """
+
+    def __init__(
+        self,
+        *,
+        embedding_dim: int,
+        num_heads: int,
+        downsample_rate: int = 1,
+        kv_in_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.kv_in_dim = kv_in_dim if kv_in_dim is not None else embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads != 0:
+            raise ValueError("num_heads must divide embedding_dim // downsample_rate")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
+        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self.lowering = "matmul"
+
+    def separate_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, C]`` -> ``[B, heads, N, C // heads]``."""
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    @staticmethod
+    def recombine_heads(x: torch.Tensor) -> torch.Tensor:
+        """``[B, heads, N, D]`` -> ``[B, N, heads * D]``."""
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).reshape(b, n, h * d)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = self.separate_heads(self.q_proj(q))
+        k = self.separate_heads(self.k_proj(k))
+        v = self.separate_heads(self.v_proj(v))
+        out = attention(q, k, v, lowering=self.lowering)
+        return self.out_proj(self.recombine_heads(out))
+
+
+def set_attention_lowering(module: nn.Module, lowering: str) -> None:
+    """Set how every attention layer inside ``module`` is lowered (see the module docstring)."""
+    if lowering not in ATTENTION_LOWERINGS:
+        raise ValueError(f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}")
+    for sub in module.modules():
+        if hasattr(sub, "lowering"):
+            sub.lowering = lowering
