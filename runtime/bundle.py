@@ -1,0 +1,293 @@
+"""The bundle format: one directory of ONNX graphs plus ``bundle.yaml``, read and verified here.
+
+This module is the single definition of the format. The compiler imports it to write bundles
+(``TrackerSettings``, ``GRAPH_IO``, ``FORMAT_VERSION``, ``write_bundle_manifest``) and the runtime
+to read them (``load_bundle``), so the two cannot drift apart. It imports neither torch nor onnx.
+
+A bundle is untrusted input: the manifest is read with ``yaml.safe_load``, every file it names
+must resolve to a path inside the bundle directory, and every file's sha256 is checked before a
+session is created from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "bundle.yaml"
+COMPONENTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+
+# The graph boundaries, defined once: the compiler exports with these names and the tracker
+# feeds/reads them. Shapes use symbolic names for dynamic axes.
+GRAPH_IO: dict[str, dict[str, tuple[str, ...]]] = {
+    "image_encoder": {
+        "inputs": ("image",),
+        "outputs": ("high_res_feat_s0", "high_res_feat_s1", "vision_features", "vision_pos_enc"),
+    },
+    "memory_attention": {
+        "inputs": (
+            "vision_features",
+            "vision_pos_enc",
+            "memory",
+            "memory_pos_enc",
+            "memory_tpos_index",
+            "obj_ptrs",
+            "obj_ptr_offsets",
+        ),
+        "outputs": ("conditioned_features",),
+    },
+    "memory_attention_static": {
+        "inputs": (
+            "vision_features",
+            "vision_pos_enc",
+            "memory",
+            "memory_pos_enc",
+            "memory_tpos_index",
+            "memory_valid",
+            "obj_ptrs",
+            "obj_ptr_offsets",
+            "obj_ptr_valid",
+        ),
+        "outputs": ("conditioned_features",),
+    },
+    "mask_decoder": {
+        "inputs": (
+            "image_embed",
+            "add_no_mem_embed",
+            "high_res_feat_s0",
+            "high_res_feat_s1",
+            "point_coords",
+            "point_labels",
+            "mask_input",
+            "has_mask_input",
+        ),
+        "outputs": (
+            "masks",
+            "iou_predictions",
+            "object_score_logits",
+            "obj_ptr",
+            "mask_boxes",
+            "stability_score",
+        ),
+    },
+    "memory_encoder": {
+        "inputs": ("vision_features", "mask_logits", "object_score_logits", "binarize"),
+        "outputs": ("maskmem_features", "maskmem_pos_enc"),
+    },
+}
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """SAMURAI's tracking-loop settings (``configs/samurai/*.yaml`` and SAM 2's video defaults).
+
+    Written into every bundle by the compiler, so the runtime needs no model config of its own;
+    the per-size ``kf_score_weight`` (0.25 for tiny/small/base_plus, 0.15 for large) travels with
+    the bundle.
+    """
+
+    image_size: int = 1024
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    d_model: int = 256
+    mem_dim: int = 64
+    feat_size: int = 64
+    low_res_mask_size: int = 256
+    num_maskmem: int = 7
+    max_obj_ptrs_in_encoder: int = 16
+    # SAMURAI
+    stable_frames_threshold: int = 15
+    stable_ious_threshold: float = 0.3
+    min_obj_score_logits: float = -1.0
+    kf_score_weight: float = 0.25
+    memory_bank_iou_threshold: float = 0.5
+    memory_bank_obj_score_threshold: float = 0.0
+    memory_bank_kf_score_threshold: float = 0.0
+    # SAM 2 video predictor post-processing (build_sam2_video_predictor)
+    fill_hole_area: int = 8
+    dynamic_multimask_stability_delta: float = 0.05
+    dynamic_multimask_stability_thresh: float = 0.98
+    binarize_mask_from_pts_for_mem_enc: bool = True
+    # The oracle stores memory features as bfloat16; rounding them the same way keeps parity.
+    memory_bf16: bool = True
+    # "dynamic": memory_attention takes any number of memories; "static": memory_attention_static
+    # pads to static_memory_slots / static_pointer_slots with validity masks.
+    memory_shape: str = "dynamic"
+    static_memory_slots: int = 7
+    static_pointer_slots: int = 16
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "tracker") -> TrackerSettings:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise BundleError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        settings = cls(**kwargs)
+        if settings.memory_shape not in ("dynamic", "static"):
+            raise BundleError(f"{where}.memory_shape must be 'dynamic' or 'static'")
+        return settings
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    """One graph of the bundle: file, hash, precision, I/O signature, measured errors."""
+
+    name: str
+    file: str
+    sha256: str
+    precision: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    graph: str = ""  # GRAPH_IO key (memory_attention_static for static memory)
+    max_abs_error: dict[str, float] = field(default_factory=dict)
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    format_version: int
+    compiler_version: str
+    model_name: str
+    target: dict[str, Any]
+    tracker: TrackerSettings
+    components: dict[str, ComponentInfo]
+    source_checkpoint_sha256: str = ""
+
+    def file(self, component: str) -> Path:
+        return self.path / self.components[component].file
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inside(root: Path, rel: str, where: str) -> Path:
+    root = root.resolve()
+    candidate = (root / rel).resolve()
+    if Path(rel).is_absolute() or not candidate.is_relative_to(root):
+        raise BundleError(
+            f"{where}: file {rel!r} points outside the bundle directory {root}; "
+            "a bundle may only name files inside itself — rebuild it with samurai-compile"
+        )
+    return candidate
+
+
+def _specs(items: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(items, list):
+        raise BundleError(f"{where} must be a list of {{name, dtype, shape}}")
+    try:
+        return tuple(TensorSpec(str(i["name"]), str(i["dtype"]), tuple(i["shape"])) for i in items)
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{where}: every entry needs name, dtype and shape ({exc})") from None
+
+
+def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
+    """Read and verify a bundle directory; raise ``BundleError`` with the fix on any problem."""
+    root = Path(path)
+    manifest = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"bundle directory {root} does not exist; build one with samurai-compile")
+    if not manifest.is_file():
+        raise BundleError(
+            f"{root} is not a bundle: {MANIFEST_NAME} is missing; build one with samurai-compile"
+        )
+    try:
+        data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise BundleError(f"{manifest}: not valid YAML ({exc}); rebuild the bundle") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{manifest}: expected a mapping at the top level; rebuild the bundle")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest}: bundle format version {version!r} is not supported by this runtime "
+            f"(it reads version {FORMAT_VERSION}); rebuild the bundle with this samurai-compile"
+        )
+    comps = data.get("components")
+    if not isinstance(comps, dict):
+        raise BundleError(f"{manifest}: 'components' is missing; rebuild the bundle")
+    missing = [c for c in COMPONENTS if c not in comps]
+    if missing:
+        raise BundleError(
+            f"{manifest}: component(s) {', '.join(missing)} missing; a runnable bundle needs all "
+            f"of {', '.join(COMPONENTS)} (compile with --components all)"
+        )
+    components: dict[str, ComponentInfo] = {}
+    for name, info in comps.items():
+        where = f"{manifest}: components.{name}"
+        if not isinstance(info, dict) or "file" not in info or "sha256" not in info:
+            raise BundleError(f"{where} needs 'file' and 'sha256'; rebuild the bundle")
+        file_path = _inside(root, str(info["file"]), where)
+        if not file_path.is_file():
+            raise BundleError(f"{where}: file {info['file']} is missing; rebuild or re-copy the bundle")
+        if verify_hashes and sha256_file(file_path) != info["sha256"]:
+            raise BundleError(
+                f"{where}: {info['file']} does not match its sha256 (corrupted or modified); "
+                "rebuild or re-copy the bundle"
+            )
+        components[name] = ComponentInfo(
+            name=name,
+            file=str(info["file"]),
+            sha256=str(info["sha256"]),
+            precision=str(info.get("precision", "fp32")),
+            inputs=_specs(info.get("inputs", []), f"{where}.inputs"),
+            outputs=_specs(info.get("outputs", []), f"{where}.outputs"),
+            graph=str(info.get("graph", name)),
+            max_abs_error={k: float(v) for k, v in (info.get("max_abs_error") or {}).items()},
+            tolerance=float(info.get("tolerance", 0.0)),
+        )
+        expected = GRAPH_IO.get(components[name].graph)
+        got_in = tuple(s.name for s in components[name].inputs)
+        if expected is not None and got_in and got_in != expected["inputs"]:
+            raise BundleError(
+                f"{where}: inputs {got_in} differ from this runtime's {expected['inputs']}; "
+                "rebuild the bundle with this version of samurai-compile"
+            )
+    tracker = TrackerSettings.from_dict(data.get("tracker") or {}, where=f"{manifest}: tracker")
+    return Bundle(
+        path=root,
+        format_version=int(version),
+        compiler_version=str(data.get("compiler_version", "")),
+        model_name=str((data.get("model") or {}).get("name", "")),
+        target=dict(data.get("target") or {}),
+        tracker=tracker,
+        components=components,
+        source_checkpoint_sha256=str((data.get("source_checkpoint") or {}).get("sha256", "")),
+    )
+
+
+def write_bundle_manifest(root: Path, data: dict[str, Any]) -> Path:
+    """Write ``bundle.yaml`` (keys in a stable order, so rebuilding gives the same file)."""
+    data = {"format_version": FORMAT_VERSION, **data}
+    path = root / MANIFEST_NAME
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
