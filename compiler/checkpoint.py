@@ -1,14 +1,161 @@
 """Official SAM 2.1 checkpoints: find, download, verify and load them; make random ones for tests.
 
-(The loading half of this module is completed in a later step.)
+The official files are ``torch.save({"model": state_dict}, path)`` pickles. They are untrusted
+input, so they are only ever read with ``torch.load(..., weights_only=True)``, and every way they
+can be wrong (missing, truncated, not SAM 2, another model size, a pickle with code in it) is
+turned into a one-line ``CheckpointError`` that says what to do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
+import urllib.error
+import urllib.request
+import zipfile
 from pathlib import Path
 
 import torch
+from samurai_onnx.compiler.manifest import CheckpointSpec, ModelManifest
+
+log = logging.getLogger(__name__)
+
+# (trunk embed dim, number of Hiera blocks) -> size name, to tell which model a file holds.
+_SIZES = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus", (144, 48): "large"}
+_PATCH_KEY = "image_encoder.trunk.patch_embed.proj.weight"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: ``$SAMURAI_ONNX_CACHE`` or ``~/.cache/samurai-onnx``."""
+    root = os.environ.get("SAMURAI_ONNX_CACHE") or Path.home() / ".cache" / "samurai-onnx"
+    return Path(root) / "checkpoints"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, spec: CheckpointSpec) -> str:
+    """The file's sha256, checked against the manifest's when the manifest has one."""
+    actual = sha256_of(path)
+    if spec.sha256 is None:
+        log.warning(
+            "%s: the manifest has no official sha256 for %s, so the file is not verified "
+            "(its sha256 %s is recorded in the bundle)",
+            path,
+            spec.file,
+            actual,
+        )
+    elif actual != spec.sha256.lower():
+        raise CheckpointError(
+            f"checkpoint {path} has sha256 {actual}, expected {spec.sha256} for {spec.file}: "
+            f"the file is corrupted or not the official one; download it again from {spec.url}"
+        )
+    return actual
+
+
+def resolve_checkpoint(
+    spec: CheckpointSpec, explicit: Path | None = None, *, download: bool = True
+) -> Path:
+    """The checkpoint to use: ``explicit``, else the cached file, else a fresh download."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise CheckpointError(
+                f"checkpoint {explicit} does not exist; check the --checkpoint path"
+            )
+        return explicit
+    cached = cache_dir() / spec.file
+    if cached.is_file():
+        return cached
+    if not download:
+        raise CheckpointError(
+            f"{spec.file} is not in the cache; download {spec.url} and put it at {cached}, "
+            "or pass --checkpoint PATH"
+        )
+    return _download(spec, cached)
+
+
+def _download(spec: CheckpointSpec, dest: Path) -> Path:
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(spec.url, timeout=30) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with (
+                open(part, "wb") as fh,
+                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {spec.file}") as bar,
+            ):
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise CheckpointError(
+            f"could not download {spec.url} ({reason}); on a machine with internet download it "
+            f"and put it at {dest}, or pass --checkpoint PATH"
+        ) from None
+    verify_sha256(part, spec)
+    part.replace(dest)
+    return dest
+
+
+def read_state_dict(path: Path, manifest: ModelManifest) -> dict[str, torch.Tensor]:
+    """The ``model`` state dict of an official-format file, checked to be this manifest's size."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable torch checkpoint (truncated or not a .pt file, "
+            f"{path.stat().st_size} bytes); download it again from {manifest.checkpoint.url}"
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError by case
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects besides tensors and is refused "
+                "(only weights are loaded, with weights_only=True); use an official SAM 2.1 file"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupted ({text}); download it again from "
+            f"{manifest.checkpoint.url}"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} is not a SAM 2 checkpoint (no 'model' state dict inside); "
+            f"use an official file such as {manifest.checkpoint.file}"
+        )
+    state = data["model"]
+    patch = state.get(_PATCH_KEY)
+    if not isinstance(patch, torch.Tensor):
+        raise CheckpointError(
+            f"checkpoint {path} is not a SAM 2 checkpoint ({_PATCH_KEY} missing); "
+            f"use an official file such as {manifest.checkpoint.file}"
+        )
+    blocks = {k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")}
+    found = _SIZES.get((int(patch.shape[0]), len(blocks)))
+    if found != manifest.name:
+        what = f"SAM 2.1 {found}" if found else f"a Hiera trunk of width {patch.shape[0]}"
+        hint = f"use manifests/{found}.yaml" if found else "use the matching model manifest"
+        raise CheckpointError(
+            f"checkpoint {path} holds {what}, but {manifest.path.name} is {manifest.name}; {hint}"
+        )
+    return state
+
 
 # Tensors that SAM 2 initializes as small learned embeddings (trunc_normal std 0.02) rather than as
 # layer weights; scaling them like weights would swamp the features they are added to.

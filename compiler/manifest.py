@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from samurai_onnx.compiler.modeling.common import ATTENTION_LOWERINGS
 from samurai_onnx.compiler.modeling.config import SAM2Config
 from samurai_onnx.runtime.bundle import COMPONENTS, GRAPH_IO, TrackerSettings
@@ -114,7 +113,9 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
 def _unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(data) - allowed)
     if extra:
-        raise ManifestError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+        raise ManifestError(
+            f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def _component(name: str, data: Any, where: str) -> ComponentSpec:
@@ -153,12 +154,18 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
         _choice(quant.get("mode"), ("dynamic",), f"{where}.quantization.mode")
         quantization = dict(quant)
     else:
-        raise ManifestError(f"{where}.quantization: use 'none' or {{mode: dynamic, op_types: [...]}}")
+        raise ManifestError(
+            f"{where}.quantization: use 'none' or {{mode: dynamic, op_types: [...]}}"
+        )
     tol = data.get("tolerance", {})
     if not isinstance(tol, dict) or not all(isinstance(v, (int, float)) for v in tol.values()):
-        raise ManifestError(f"{where}.tolerance: expected a mapping like {{fp32: 1.0e-4, fp16: 0.5}}")
+        raise ManifestError(
+            f"{where}.tolerance: expected a mapping like {{fp32: 1.0e-4, fp16: 0.5}}"
+        )
     _unknown(tol, {"fp32", "fp16", "int8"}, f"{where}.tolerance")
-    return ComponentSpec(name, tuple(inputs), attention, quantization, {k: float(v) for k, v in tol.items()})
+    return ComponentSpec(
+        name, tuple(inputs), attention, quantization, {k: float(v) for k, v in tol.items()}
+    )
 
 
 def load_model_manifest(path: str | Path) -> ModelManifest:
@@ -179,7 +186,9 @@ def load_model_manifest(path: str | Path) -> ModelManifest:
         sha256=sha,
     )
     try:
-        model = SAM2Config.from_dict({"name": name, **(data.get("model") or {})}, where=f"{where}: model")
+        model = SAM2Config.from_dict(
+            {"name": name, **(data.get("model") or {})}, where=f"{where}: model"
+        )
     except (TypeError, ValueError) as exc:
         raise ManifestError(str(exc)) from None
     try:
@@ -215,8 +224,16 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
     where = str(path)
     _unknown(
         data,
-        {"name", "providers", "provider_options", "precision", "quantization", "opset", "format",
-         "memory_shape"},
+        {
+            "name",
+            "providers",
+            "provider_options",
+            "precision",
+            "quantization",
+            "opset",
+            "format",
+            "memory_shape",
+        },
         where,
     )
     providers = _require(data, "providers", where, list)
@@ -234,10 +251,14 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         providers=tuple(providers),
         provider_options={str(k): dict(v) for k, v in options.items()},
         precision=_choice(data.get("precision", "fp32"), PRECISIONS, f"{where}: precision"),
-        quantization=_choice(data.get("quantization", "none"), QUANTIZATIONS, f"{where}: quantization"),
+        quantization=_choice(
+            data.get("quantization", "none"), QUANTIZATIONS, f"{where}: quantization"
+        ),
         opset=opset,
         format=_choice(data.get("format", "onnx"), FORMATS, f"{where}: format"),
-        memory_shape=_choice(data.get("memory_shape", "dynamic"), MEMORY_SHAPES, f"{where}: memory_shape"),
+        memory_shape=_choice(
+            data.get("memory_shape", "dynamic"), MEMORY_SHAPES, f"{where}: memory_shape"
+        ),
     )
 
 
@@ -251,7 +272,8 @@ def _locate(path: str | Path, folder: str) -> Path:
     if candidate.is_file():
         return candidate
     names = sorted(
-        Path(str(f)).stem for f in resources.files(f"samurai_onnx.{folder}").iterdir()
+        Path(str(f)).stem
+        for f in resources.files(f"samurai_onnx.{folder}").iterdir()
         if str(f).endswith(".yaml")
     )
     raise ManifestError(f"{path!s}: no such {folder[:-1]}; known: {', '.join(names)}")

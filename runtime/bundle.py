@@ -127,7 +127,9 @@ class TrackerSettings:
     static_pointer_slots: int = 16
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "tracker") -> TrackerSettings:
@@ -248,7 +250,9 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             raise BundleError(f"{where} needs 'file' and 'sha256'; rebuild the bundle")
         file_path = _inside(root, str(info["file"]), where)
         if not file_path.is_file():
-            raise BundleError(f"{where}: file {info['file']} is missing; rebuild or re-copy the bundle")
+            raise BundleError(
+                f"{where}: file {info['file']} is missing; rebuild or re-copy the bundle"
+            )
         if verify_hashes and sha256_file(file_path) != info["sha256"]:
             raise BundleError(
                 f"{where}: {info['file']} does not match its sha256 (corrupted or modified); "

@@ -81,7 +81,8 @@ def create_session(
     """An ``InferenceSession`` for ``path`` on the best available of ``providers``."""
     chosen = resolve_providers(providers)
     session = ort.InferenceSession(
-        str(path), sess_options=session_options(threads, profile_prefix=profile_prefix),
+        str(path),
+        sess_options=session_options(threads, profile_prefix=profile_prefix),
         providers=chosen,
     )
     used = session.get_providers()

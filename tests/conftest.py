@@ -43,7 +43,9 @@ def build_oracle(size: str = "tiny", ckpt: Path | None = None, **overrides: obje
     logging.getLogger().setLevel(logging.WARNING)
     extra = [f"++model.{k}={v}" for k, v in overrides.items()]
     return build_sam2_video_predictor(
-        ORACLE_CONFIGS[size], str(ckpt) if ckpt else None, device="cpu",
+        ORACLE_CONFIGS[size],
+        str(ckpt) if ckpt else None,
+        device="cpu",
         hydra_overrides_extra=extra,
     )
 

@@ -84,7 +84,9 @@ def attention(
     if lowering == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if lowering != "matmul":
-        raise ValueError(f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}")
+        raise ValueError(
+            f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}"
+        )
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = torch.matmul(q * scale, k.transpose(-2, -1))
     if mask is not None:
@@ -142,7 +144,9 @@ class Attention(nn.Module):
 def set_attention_lowering(module: nn.Module, lowering: str) -> None:
     """Set how every attention layer inside ``module`` is lowered (see the module docstring)."""
     if lowering not in ATTENTION_LOWERINGS:
-        raise ValueError(f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}")
+        raise ValueError(
+            f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}"
+        )
     for sub in module.modules():
         if hasattr(sub, "lowering"):
             sub.lowering = lowering
