@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+
 from samurai_onnx.compiler.manifest import CheckpointSpec, ModelManifest
 
 log = logging.getLogger(__name__)

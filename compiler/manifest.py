@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from samurai_onnx.compiler.modeling.common import ATTENTION_LOWERINGS
 from samurai_onnx.compiler.modeling.config import SAM2Config
 from samurai_onnx.runtime.bundle import COMPONENTS, GRAPH_IO, TrackerSettings

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from samurai_onnx.compiler.modeling.common import MLP, attention
 from torch import nn
+
+from samurai_onnx.compiler.modeling.common import MLP, attention
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

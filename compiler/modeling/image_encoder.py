@@ -21,10 +21,11 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from samurai_onnx.compiler.modeling.config import SAM2Config
 from samurai_onnx.compiler.modeling.hiera import Hiera
 from samurai_onnx.compiler.modeling.position_encoding import PositionEmbeddingSine
-from torch import nn
 
 logger = logging.getLogger(__name__)
 

@@ -171,10 +171,9 @@ class MemoryAttentionLayer(nn.Module):
         tgt2 = self.norm2(tgt)
         q = tgt2 + query_pos if self.pos_enc_at_cross_attn_queries else tgt2
         k = memory + memory_pos if self.pos_enc_at_cross_attn_keys else memory
-        k_ptr = None
-        if ptr_memory is not None:
-            use_pos = self.pos_enc_at_cross_attn_keys and ptr_pos is not None
-            k_ptr = ptr_memory + ptr_pos if use_pos else ptr_memory
+        k_ptr = ptr_memory
+        if ptr_memory is not None and ptr_pos is not None and self.pos_enc_at_cross_attn_keys:
+            k_ptr = ptr_memory + ptr_pos
         tgt = tgt + self.cross_attn_image(q, k, memory, k_ptr, ptr_memory, key_mask)
 
         tgt2 = self.norm3(tgt)

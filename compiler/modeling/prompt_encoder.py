@@ -14,6 +14,8 @@ same, unconditionally. Parameter names are SAM 2's, so ``sam_prompt_encoder.*`` 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -89,7 +91,8 @@ class PromptEncoder(nn.Module):
         lab = labels.unsqueeze(-1)
         emb = torch.where(lab == LABEL_PAD, self.not_a_point_embed.weight, pe)
         for k, point_embed in enumerate(self.point_embeddings):
-            emb = emb + (lab == k).to(emb.dtype) * point_embed.weight
+            weight = cast(nn.Embedding, point_embed).weight
+            emb = emb + (lab == k).to(emb.dtype) * weight
         return emb
 
     def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:

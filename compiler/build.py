@@ -1,0 +1,256 @@
+"""The compiler driver: checkpoint -> modules -> graphs -> passes (each verified) -> bundle.
+
+One function, ``compile_bundle``, used by ``samurai-compile``, ``scripts/export_onnx.py`` and the
+tests, so that all of them build bundles the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from samurai_onnx.compiler import __version__
+from samurai_onnx.compiler.checkpoint import read_state_dict, resolve_checkpoint, verify_sha256
+from samurai_onnx.compiler.graphs import build_graph, example_inputs
+from samurai_onnx.compiler.manifest import (
+    ComponentSpec,
+    ModelManifest,
+    TargetManifest,
+    load_model_manifest,
+    load_target_manifest,
+)
+from samurai_onnx.compiler.modeling.common import set_attention_lowering
+from samurai_onnx.compiler.modeling.sam2 import SAM2Model, load_sam2
+from samurai_onnx.compiler.passes.export import export_graph
+from samurai_onnx.compiler.passes.fp16 import convert_fp16
+from samurai_onnx.compiler.passes.ort_format import convert_to_ort
+from samurai_onnx.compiler.passes.quantize import quantize_int8
+from samurai_onnx.compiler.passes.simplify import simplify_graph
+from samurai_onnx.compiler.passes.verify import check_outputs, max_abs_errors, run_graph
+from samurai_onnx.runtime.bundle import (
+    COMPONENTS,
+    GRAPH_IO,
+    TrackerSettings,
+    sha256_file,
+    write_bundle_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+_DTYPE_NAMES = {1: "float32", 7: "int64", 10: "float16", 9: "bool"}
+
+
+@dataclass
+class PassReport:
+    component: str
+    name: str
+    seconds: float
+    max_abs_error: dict[str, float]
+    tolerance: float
+
+
+@dataclass
+class BuildOptions:
+    """Knobs of a build beyond the two manifests (``scripts/export_onnx.py`` maps onto these)."""
+
+    simplify: bool = True
+    dynamic_batch: bool = True
+    verify: bool = True
+    download: bool = True
+    reports: list[PassReport] = field(default_factory=list)
+
+
+def _dynamic_axes(
+    spec: ComponentSpec, graph: str, dynamic_batch: bool
+) -> dict[str, dict[int, str]]:
+    axes = spec.dynamic_axes()
+    if graph.endswith("_static"):
+        # fixed slots: only the object axis stays dynamic
+        axes = {k: {0: v[0]} for k, v in axes.items() if 0 in v and v[0] in ("objects", "batch")}
+        for extra in ("memory_valid", "obj_ptr_valid"):
+            axes.pop(extra, None)
+    if not dynamic_batch:
+        axes = {
+            k: {i: n for i, n in v.items() if n not in ("objects", "batch")}
+            for k, v in axes.items()
+        }
+        axes = {k: v for k, v in axes.items() if v}
+    batch_name = next(
+        (v[0] for v in axes.values() if 0 in v and v[0] in ("objects", "batch")), None
+    )
+    if batch_name:
+        for out in GRAPH_IO[graph]["outputs"]:
+            axes[out] = {0: batch_name}
+    return axes
+
+
+def _signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(v: Any) -> dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+        return {
+            "name": v.name,
+            "dtype": _DTYPE_NAMES.get(t.elem_type, str(t.elem_type)),
+            "shape": dims,
+        }
+
+    return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
+
+
+def _build_component(
+    name: str,
+    model: SAM2Model,
+    manifest: ModelManifest,
+    target: TargetManifest,
+    settings: TrackerSettings,
+    work: Path,
+    options: BuildOptions,
+    on_pass: Callable[[PassReport], None],
+) -> tuple[Path, Path, str, str, dict[str, float], float]:
+    spec = manifest.components[name]
+    graph = (
+        "memory_attention_static"
+        if name == "memory_attention" and target.memory_shape == "static"
+        else name
+    )
+    wrapper = build_graph(graph, model, settings)
+    set_attention_lowering(wrapper, spec.attention)
+    inputs = example_inputs(graph, settings)
+    with torch.no_grad():
+        outs = wrapper(*(inputs[n] for n in GRAPH_IO[graph]["inputs"]))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    reference = dict(zip(GRAPH_IO[graph]["outputs"], outs, strict=True))
+    where = f"{manifest.path}: components.{name}.tolerance"
+    errors: dict[str, float] = {}
+
+    def step(pass_name: str, precision: str, fn: Callable[[], Path]) -> Path:
+        nonlocal errors
+        start = time.perf_counter()
+        path = fn()
+        tol = spec.tolerance.get(precision, 1e-4)
+        if options.verify:
+            errors = max_abs_errors(run_graph(path, inputs), reference)
+            check_outputs(name, pass_name, errors, tol, f"{where}.{precision}")
+        report = PassReport(name, pass_name, time.perf_counter() - start, dict(errors), tol)
+        options.reports.append(report)
+        on_pass(report)
+        return path
+
+    axes = _dynamic_axes(spec, graph, options.dynamic_batch)
+    path = step(
+        "export",
+        "fp32",
+        lambda: export_graph(
+            wrapper, graph, inputs, axes, work / f"{name}.export.onnx", opset=target.opset
+        ),
+    )
+    if options.simplify:
+        src = path
+        path = step("simplify", "fp32", lambda: simplify_graph(src, work / f"{name}.sim.onnx"))
+    precision = "fp32"
+    if target.precision == "fp16":
+        src = path
+        path = step("fp16", "fp16", lambda: convert_fp16(src, work / f"{name}.fp16.onnx"))
+        precision = "fp16"
+    if target.quantization == "int8" and spec.quantization is not None:
+        src, qs = path, spec.quantization
+        path = step("int8", "int8", lambda: quantize_int8(src, work / f"{name}.int8.onnx", qs))
+        precision = "int8" if precision == "fp32" else f"{precision}+int8"
+    onnx_path = path
+    if target.format == "ort":
+        src = path
+        path = step(
+            "ort-format",
+            precision.split("+")[-1],
+            lambda: convert_to_ort(src, work / f"{name}.ort"),
+        )
+    tol = spec.tolerance.get(precision.split("+")[-1], 1e-4)
+    return path, onnx_path, graph, precision, errors, tol
+
+
+def compile_bundle(
+    manifest_path: str | Path,
+    target_name: str | Path = "cpu",
+    *,
+    checkpoint: Path | None = None,
+    out_dir: Path | None = None,
+    components: Sequence[str] | None = None,
+    options: BuildOptions | None = None,
+    on_pass: Callable[[PassReport], None] | None = None,
+) -> Path:
+    """Build the bundle of ``manifest_path`` for ``target_name``; returns its directory."""
+    options = options or BuildOptions()
+    manifest = load_model_manifest(manifest_path)
+    target = load_target_manifest(target_name)
+    chosen = list(components or COMPONENTS)
+    unknown = [c for c in chosen if c not in COMPONENTS]
+    if unknown:
+        raise ValueError(
+            f"unknown component(s) {', '.join(unknown)}; use all or {', '.join(COMPONENTS)}"
+        )
+    ckpt = resolve_checkpoint(manifest.checkpoint, checkpoint, download=options.download)
+    ckpt_sha = verify_sha256(ckpt, manifest.checkpoint)
+    model = load_sam2(manifest.model, read_state_dict(ckpt, manifest), source=ckpt)
+    settings = dataclasses.replace(manifest.tracker, memory_shape=target.memory_shape)
+    out = Path(out_dir) if out_dir else Path("bundles") / f"{manifest.name}-{target.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix=".samurai-build-", dir=out) as tmp:
+        for name in chosen:
+            final, onnx_path, graph, precision, errors, tol = _build_component(
+                name,
+                model,
+                manifest,
+                target,
+                settings,
+                Path(tmp),
+                options,
+                on_pass or (lambda r: None),
+            )
+            dest = out / f"{name}{final.suffix}"
+            shutil.copyfile(final, dest)
+            ins, outs = _signature(onnx_path)
+            entries[name] = {
+                "file": dest.name,
+                "sha256": sha256_file(dest),
+                "graph": graph,
+                "precision": precision,
+                "attention": manifest.components[name].attention,
+                "inputs": ins,
+                "outputs": outs,
+                "max_abs_error": {k: float(f"{v:.4g}") for k, v in errors.items()},
+                "tolerance": tol,
+            }
+    write_bundle_manifest(
+        out,
+        {
+            "compiler_version": __version__,
+            "model": {"name": manifest.name, "config": manifest.model.to_dict()},
+            "source_checkpoint": {"file": manifest.checkpoint.file, "sha256": ckpt_sha},
+            "target": {
+                "name": target.name,
+                "providers": list(target.providers),
+                "provider_options": target.provider_options,
+                "precision": target.precision,
+                "quantization": target.quantization,
+                "opset": target.opset,
+                "format": target.format,
+                "memory_shape": target.memory_shape,
+            },
+            "tracker": settings.to_dict(),
+            "components": entries,
+        },
+    )
+    return out

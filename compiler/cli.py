@@ -1,0 +1,103 @@
+"""``samurai-compile``: build a versioned ONNX bundle from a model manifest and a target."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from samurai_onnx.runtime.bundle import COMPONENTS
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def parse_components(values: list[str] | None) -> list[str]:
+    """``all`` or component names, given repeated and/or comma-separated."""
+    names = [n.strip() for v in (values or ["all"]) for n in v.split(",") if n.strip()]
+    if not names or "all" in names:
+        return list(COMPONENTS)
+    bad = [n for n in names if n not in COMPONENTS]
+    if bad:
+        raise typer.BadParameter(
+            f"unknown component(s) {', '.join(bad)}; use all or {', '.join(COMPONENTS)}"
+        )
+    return [c for c in COMPONENTS if c in names]
+
+
+@app.command()
+def compile(
+    manifest: Path = typer.Argument(
+        ...,
+        help="Model manifest, e.g. manifests/base_plus.yaml (or: tiny, small, base_plus, large).",
+    ),
+    target: str = typer.Option(
+        "cpu",
+        "--target",
+        "-t",
+        help="Target manifest: cpu, cpu-int8, cuda-fp16, tensorrt, ort-mobile, or a path to one.",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="Official SAM 2.1 .pt file. Default: the cache (~/.cache/samurai-onnx/checkpoints), else download it.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Bundle directory. Default: bundles/<model>-<target>."
+    ),
+    components: list[str] | None = typer.Option(
+        None,
+        "--components",
+        help="all (default) or some of image_encoder, memory_attention, mask_decoder, memory_encoder; repeat or comma-separate.",
+    ),
+    no_download: bool = typer.Option(
+        False,
+        "--no-download",
+        help="Never download; fail with instructions if the checkpoint is not at hand.",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Export -> onnx.checker -> onnxsim -> FP16 / int8 (as the target says) -> ORT format
+    (mobile), checking every graph against PyTorch after every pass, into a versioned bundle."""
+    from samurai_onnx.compiler.build import BuildOptions, PassReport, compile_bundle
+    from samurai_onnx.compiler.checkpoint import CheckpointError
+    from samurai_onnx.compiler.manifest import ManifestError
+    from samurai_onnx.compiler.passes.verify import NumericError
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    chosen = parse_components(components)
+
+    def show(r: PassReport) -> None:
+        worst = max(r.max_abs_error.items(), key=lambda kv: kv[1], default=("-", 0.0))
+        typer.echo(
+            f"  {r.component:<17} {r.name:<10} ok  {r.seconds:6.1f} s  "
+            f"max abs error {worst[1]:.2e} ({worst[0]}, tolerance {r.tolerance:g})"
+        )
+
+    typer.echo(f"samurai-compile {manifest} --target {target}: {', '.join(chosen)}")
+    try:
+        bundle = compile_bundle(
+            manifest,
+            target,
+            checkpoint=checkpoint,
+            out_dir=out,
+            components=chosen,
+            options=BuildOptions(download=not no_download),
+            on_pass=show,
+        )
+    except (ManifestError, CheckpointError, NumericError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"bundle written to {bundle}")
+
+
+def main() -> None:
+    app(prog_name="samurai-compile")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
