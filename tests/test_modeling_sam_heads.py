@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from conftest import build_oracle, requires_oracle
-from torch import nn
-
+from samurai_onnx.compiler.modeling.common import Attention, set_attention_lowering
 from samurai_onnx.compiler.modeling.config import SAM2Config
 from samurai_onnx.compiler.modeling.mask_decoder import MaskDecoder, build_sam_heads
 from samurai_onnx.compiler.modeling.prompt_encoder import PromptEncoder
+from torch import nn
 
 LOG = logging.getLogger(__name__)
+# build_oracle lowers the root logger to WARNING; keep the measured errors visible with -o log_cli.
+LOG.setLevel(logging.INFO)
 PE_TOL = 1e-5
 DEC_TOL = 1e-4
 CFG = SAM2Config()
@@ -67,11 +70,18 @@ def test_build_shapes_without_oracle() -> None:
             torch.randn(b, 64, 128, 128),
         )
     assert [tuple(o.shape) for o in outs] == [(b, 4, 256, 256), (b, 4), (b, 4, 256), (b, 1)]
+    # All 2 * 3 + 1 attention layers are common.Attention, so the lowering switch reaches them.
+    set_attention_lowering(dec, "sdpa")
+    lowerings = [m.lowering for m in dec.modules() if isinstance(m, Attention)]
+    assert lowerings == ["sdpa"] * (2 * CFG.two_way_depth + CFG.two_way_depth + 1)
 
 
 PROMPTS = {
     "box": ([[100.0, 200.0], [600.0, 700.0]], [2, 3]),
-    "box_and_points": ([[100.0, 200.0], [600.0, 700.0], [300.5, 400.0], [50.0, 900.0]], [2, 3, 1, 0]),
+    "box_and_points": (
+        [[100.0, 200.0], [600.0, 700.0], [300.5, 400.0], [50.0, 900.0]],
+        [2, 3, 1, 0],
+    ),
     "points": ([[512.0, 512.0], [10.0, 1000.0], [777.0, 3.0]], [1, 1, 0]),
 }
 
@@ -81,7 +91,7 @@ PROMPTS = {
 @pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask"])
 @pytest.mark.parametrize("prompt", sorted(PROMPTS))
 def test_prompt_encoder_matches_oracle(
-    heads: tuple[PromptEncoder, MaskDecoder], tiny_oracle: nn.Module, prompt: str, with_mask: bool
+    heads: tuple[PromptEncoder, MaskDecoder], tiny_oracle: Any, prompt: str, with_mask: bool
 ) -> None:
     pe, _ = heads
     gen = torch.Generator().manual_seed(1)
@@ -110,7 +120,7 @@ def test_prompt_encoder_matches_oracle(
 @requires_oracle
 @pytest.mark.oracle
 def test_dense_pe_matches_oracle(
-    heads: tuple[PromptEncoder, MaskDecoder], tiny_oracle: nn.Module
+    heads: tuple[PromptEncoder, MaskDecoder], tiny_oracle: Any
 ) -> None:
     pe, _ = heads
     with torch.no_grad():
@@ -122,7 +132,7 @@ def test_dense_pe_matches_oracle(
 @pytest.mark.oracle
 @pytest.mark.parametrize("prompt", ["box_and_points", "points"])
 def test_mask_decoder_matches_oracle(
-    heads: tuple[PromptEncoder, MaskDecoder], tiny_oracle: nn.Module, prompt: str
+    heads: tuple[PromptEncoder, MaskDecoder], tiny_oracle: Any, prompt: str
 ) -> None:
     _, dec = heads
     gen = torch.Generator().manual_seed(2)

@@ -264,7 +264,8 @@ class Hiera(nn.Module):
         h, w = hw
         ws = self.window_spec[0]
         pos_embed = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
-        pos_embed = pos_embed + self.pos_embed_window.tile(1, 1, h // ws, w // ws)
+        # ``repeat``, not ``tile``: the TorchScript exporter lowers ``tile`` through ``If`` nodes.
+        pos_embed = pos_embed + self.pos_embed_window.repeat(1, 1, h // ws, w // ws)
         return pos_embed.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
