@@ -107,8 +107,10 @@ class MemoryBank:
         if self.cond is None:
             raise RuntimeError("the memory bank has no conditioning frame; call start() first")
         chosen = list(self.valid)
-        if self.last is not None and self.last.frame == frame - 1 and (
-            not chosen or chosen[-1].frame != self.last.frame
+        if (
+            self.last is not None
+            and self.last.frame == frame - 1
+            and (not chosen or chosen[-1].frame != self.last.frame)
         ):
             chosen.append(self.last)
         chosen = chosen[-(self.num_maskmem - 1) :]

@@ -99,7 +99,9 @@ def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> 
     if not all(np.isfinite([x, y, w, h])):
         raise TrackerError(f"box #{index} {tuple(box)} has a non-finite value")
     if w <= 0 or h <= 0:
-        raise TrackerError(f"box #{index} ({x:g},{y:g},{w:g},{h:g}) has zero or negative area; w and h must be > 0")
+        raise TrackerError(
+            f"box #{index} ({x:g},{y:g},{w:g},{h:g}) has zero or negative area; w and h must be > 0"
+        )
     x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
     if x1 <= x0 or y1 <= y0:
         raise TrackerError(
@@ -107,7 +109,9 @@ def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> 
             "boxes are x,y,w,h in pixels of the first frame"
         )
     if (x0, y0, x1, y1) != (x, y, x + w, y + h):
-        log.warning("box #%d crosses the frame border; clipped to the %dx%d frame", index, width, height)
+        log.warning(
+            "box #%d crosses the frame border; clipped to the %dx%d frame", index, width, height
+        )
     return (x0, y0, x1 - x0, y1 - y0)
 
 
@@ -127,14 +131,30 @@ class Tracker:
         threads: int | None = None,
         fill_hole_area: int | None = None,
         num_frames: int | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        settings = self.bundle.tracker
+        changes = dict(overrides or {})
         if fill_hole_area is not None:
-            settings = dataclasses.replace(settings, fill_hole_area=int(fill_hole_area))
-        self.settings: TrackerSettings = settings
+            changes["fill_hole_area"] = int(fill_hole_area)
+        fixed = {
+            "image_size",
+            "d_model",
+            "mem_dim",
+            "feat_size",
+            "low_res_mask_size",
+            "memory_shape",
+        }
+        bad = sorted(
+            set(changes) & fixed | set(changes) - set(TrackerSettings.__dataclass_fields__)
+        )
+        if bad:
+            raise TrackerError(f"tracker setting(s) {', '.join(bad)} cannot be overridden")
+        self.settings: TrackerSettings = dataclasses.replace(self.bundle.tracker, **changes)
         providers = (
-            providers_for_device(device) if device else tuple(self.bundle.target.get("providers") or ("CPUExecutionProvider",))
+            providers_for_device(device)
+            if device
+            else tuple(self.bundle.target.get("providers") or ("CPUExecutionProvider",))
         )
         self.sessions = {
             name: create_session(self.bundle.file(name), providers, threads)
@@ -159,7 +179,12 @@ class Tracker:
         return self._run("image_encoder", {"image": image})
 
     def _decode(
-        self, feats: dict[str, np.ndarray], embed: np.ndarray, first: bool, coords: np.ndarray, labels: np.ndarray
+        self,
+        feats: dict[str, np.ndarray],
+        embed: np.ndarray,
+        first: bool,
+        coords: np.ndarray,
+        labels: np.ndarray,
     ) -> dict[str, np.ndarray]:
         low = self.settings.low_res_mask_size
         return self._run(
@@ -235,7 +260,9 @@ class Tracker:
         scale = np.array([s.image_size / width, s.image_size / height], np.float32)
         for obj_id, (x, y, w, h) in enumerate(checked):
             coords = (np.array([[x, y], [x + w, y + h]], np.float32) * scale)[None]
-            dec = self._decode(feats, feats["vision_features"], True, coords, np.array([[2.0, 3.0]]))
+            dec = self._decode(
+                feats, feats["vision_features"], True, coords, np.array([[2.0, 3.0]])
+            )
             ious = dec["iou_predictions"][0]
             # SAM 2's dynamic multimask: keep the single-mask output unless it is unstable.
             if float(dec["stability_score"][0, 0]) >= s.dynamic_multimask_stability_thresh:
@@ -246,7 +273,9 @@ class Tracker:
             mask = self._filled(dec["masks"][0, cand])
             entry = MemoryEntry(
                 frame=0,
-                features=self._encode_memory(feats, mask, score, s.binarize_mask_from_pts_for_mem_enc),
+                features=self._encode_memory(
+                    feats, mask, score, s.binarize_mask_from_pts_for_mem_enc
+                ),
                 obj_ptr=dec["obj_ptr"][0, 0].copy(),  # the single-mask token, whatever the mask
                 iou=float(ious[cand]),
                 object_score=score,
@@ -270,8 +299,7 @@ class Tracker:
         """Track every object into the next frame."""
         if not self.states or self.frame_size is None:
             raise TrackerError("call start(frame, boxes) on the first frame before step()")
-        self.frame_index += 1
-        t = self.frame_index
+        t = self.frame_index + 1
         validate_frame(frame, f"frame {t}")
         if (frame.shape[1], frame.shape[0]) != self.frame_size:
             w, h = self.frame_size
@@ -279,10 +307,13 @@ class Tracker:
                 f"frame {t} is {frame.shape[1]}x{frame.shape[0]} but the video started at {w}x{h}; "
                 "all frames of a video must have one size"
             )
+        self.frame_index = t
         feats = self._encode_image(frame)
         return [self._track_object(state, feats, t) for state in self.states]
 
-    def track(self, video: Source, box: Sequence[float] | Sequence[Sequence[float]]) -> Iterator[FrameResult]:
+    def track(
+        self, video: Source, box: Sequence[float] | Sequence[Sequence[float]]
+    ) -> Iterator[FrameResult]:
         """Generator over a video source: one ``FrameResult`` per frame, frames read one by one."""
         boxes = [box] if box and not isinstance(box[0], (list, tuple, np.ndarray)) else list(box)  # type: ignore[index]
         with open_frames(video) as source:
@@ -293,11 +324,15 @@ class Tracker:
                 yield FrameResult(i, objects)
 
     # -- SAMURAI's per-frame logic ------------------------------------------------------------
-    def _track_object(self, state: ObjectState, feats: dict[str, np.ndarray], t: int) -> ObjectResult:
+    def _track_object(
+        self, state: ObjectState, feats: dict[str, np.ndarray], t: int
+    ) -> ObjectResult:
         s = self.settings
         sel = state.memory.select(t, self.num_frames)
         conditioned = self._attend(feats, sel)
-        dec = self._decode(feats, conditioned, False, np.zeros((1, 1, 2), np.float32), np.array([[-1.0]]))
+        dec = self._decode(
+            feats, conditioned, False, np.zeros((1, 1, 2), np.float32), np.array([[-1.0]])
+        )
         ious = dec["iou_predictions"][0, 1:].astype(np.float32)
         boxes = [[int(round(float(v))) for v in b] for b in dec["mask_boxes"][0, 1:]]
         best, kf_score, kf_ious = self._samurai_choice(state, ious, boxes)
@@ -315,7 +350,15 @@ class Tracker:
         state.memory.add(entry)
         mask = self._filled(raw)
         state.last = StepInfo(
-            t, cand, entry.iou, score, kf_score, kf_ious, sel.memory_frames, sel.pointer_frames, mask
+            t,
+            cand,
+            entry.iou,
+            score,
+            kf_score,
+            kf_ious,
+            sel.memory_frames,
+            sel.pointer_frames,
+            mask,
         )
         return self._result(state, mask, score)
 
@@ -385,6 +428,8 @@ class SAMURAIONNXPredictor:
         self.device = device
         self.kwargs = kwargs
 
-    def track_video(self, video_path: str | Path | Iterable[np.ndarray], bbox: Sequence[float]) -> Iterator[FrameResult]:
+    def track_video(
+        self, video_path: str | Path | Iterable[np.ndarray], bbox: Sequence[float]
+    ) -> Iterator[FrameResult]:
         tracker = Tracker(self.model_dir, device=self.device, **self.kwargs)
         yield from tracker.track(video_path, bbox)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +51,23 @@ def build_oracle(size: str = "tiny", ckpt: Path | None = None, **overrides: obje
     )
 
 
+def scipy_connected_components(mask):  # type: ignore[no-untyped-def]
+    """CPU stand-in for SAM 2's CUDA kernel: (labels, areas), each [N, 1, H, W] int32."""
+    import torch
+    from scipy import ndimage
+
+    m = mask.to(torch.uint8).cpu().numpy()
+    labels = np.zeros(m.shape, np.int32)
+    areas = np.zeros(m.shape, np.int32)
+    for n in range(m.shape[0]):
+        lab, num = ndimage.label(m[n, 0], structure=np.ones((3, 3)))
+        counts = np.bincount(lab.ravel(), minlength=num + 1)
+        counts[0] = 0
+        labels[n, 0] = lab
+        areas[n, 0] = counts[lab]
+    return torch.from_numpy(labels), torch.from_numpy(areas)
+
+
 def make_random_checkpoint(path: Path, size: str = "tiny", seed: int = 0) -> Path:
     import torch
 
@@ -73,3 +91,46 @@ def tiny_oracle(tiny_checkpoint: Path):
     """The oracle loaded with the random tiny checkpoint, in eval mode."""
     model = build_oracle("tiny", tiny_checkpoint)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random checkpoint compiled for the cpu target (fp32, dynamic memory)."""
+    from samurai_onnx.compiler.build import compile_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-cpu"
+    return compile_bundle(
+        REPO / "manifests" / "tiny.yaml", "cpu", checkpoint=tiny_checkpoint, out_dir=out
+    )
+
+
+def write_frames(frames: list[np.ndarray], folder: Path) -> Path:
+    """RGB frames -> a folder of JPEGs (the oracle reads JPEG folders)."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(
+            str(folder / f"{i:05d}.jpg"),
+            cv2.cvtColor(f, cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, 95],
+        )
+    return folder
+
+
+def synthetic_frames(n: int, width: int = 480, height: int = 360) -> list[np.ndarray]:
+    """A white box moving right and down and a red disc moving left, on black: high-contrast
+    shapes on which the random-weight model gives localized masks (~5% of the frame)."""
+    import cv2
+
+    frames = []
+    for i in range(n):
+        f = np.zeros((height, width, 3), np.uint8)
+        x, y = 100 + 8 * i, 120 + 3 * i
+        cv2.rectangle(f, (x, y), (x + 90, y + 70), (255, 255, 255), -1)
+        cv2.circle(f, (330 - 5 * i, 250), 30, (60, 60, 255), -1)
+        frames.append(f)
+    return frames
+
+
+SYNTHETIC_BOX = (100.0, 120.0, 90.0, 70.0)

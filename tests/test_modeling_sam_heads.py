@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 import torch
 from conftest import build_oracle, requires_oracle
+from torch import nn
+
 from samurai_onnx.compiler.modeling.common import Attention, set_attention_lowering
 from samurai_onnx.compiler.modeling.config import SAM2Config
 from samurai_onnx.compiler.modeling.mask_decoder import MaskDecoder, build_sam_heads
 from samurai_onnx.compiler.modeling.prompt_encoder import PromptEncoder
-from torch import nn
 
 LOG = logging.getLogger(__name__)
 # build_oracle lowers the root logger to WARNING; keep the measured errors visible with -o log_cli.

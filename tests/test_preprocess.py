@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import requires_oracle
+from conftest import requires_oracle, scipy_connected_components
 from PIL import Image
 
 from samurai_onnx.runtime.preprocess import (
@@ -84,23 +84,6 @@ def test_upsample_matches_torch(low: tuple[int, int], out: tuple[int, int]) -> N
     assert np.array_equal(ours > 0, ref > 0) or np.abs(ref[(ours > 0) != (ref > 0)]).max() < 1e-5
 
 
-def _scipy_connected_components(mask):  # type: ignore[no-untyped-def]
-    """CPU stand-in for SAM 2's CUDA kernel: (labels, areas), each [N, 1, H, W] int32."""
-    import torch
-    from scipy import ndimage
-
-    m = mask.to(torch.uint8).cpu().numpy()
-    labels = np.zeros(m.shape, np.int32)
-    areas = np.zeros(m.shape, np.int32)
-    for n in range(m.shape[0]):
-        lab, num = ndimage.label(m[n, 0], structure=np.ones((3, 3)))
-        counts = np.bincount(lab.ravel(), minlength=num + 1)
-        counts[0] = 0
-        labels[n, 0] = lab
-        areas[n, 0] = counts[lab]
-    return torch.from_numpy(labels), torch.from_numpy(areas)
-
-
 def _masks_with_holes(n: int, h: int, w: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     logits = np.full((n, 1, h, w), 5.0, np.float32) + rng.standard_normal((n, 1, h, w))
@@ -122,7 +105,7 @@ def test_fill_holes_matches_patched_oracle(monkeypatch: pytest.MonkeyPatch, max_
     from sam2.utils import misc
 
     pytest.importorskip("scipy")
-    monkeypatch.setattr(misc, "get_connected_components", _scipy_connected_components)
+    monkeypatch.setattr(misc, "get_connected_components", scipy_connected_components)
     logits = _masks_with_holes(3, 48, 64, seed=max_area)
     ref = misc.fill_holes_in_mask_scores(torch.from_numpy(logits), max_area).numpy()
     ours = fill_holes(logits, max_area)
