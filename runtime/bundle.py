@@ -137,7 +137,7 @@ class TrackerSettings:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise BundleError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         settings = cls(**kwargs)
         if settings.memory_shape not in ("dynamic", "static"):
             raise BundleError(f"{where}.memory_shape must be 'dynamic' or 'static'")

@@ -327,14 +327,13 @@ class Tracker:
     def _track_object(
         self, state: ObjectState, feats: dict[str, np.ndarray], t: int
     ) -> ObjectResult:
-        s = self.settings
         sel = state.memory.select(t, self.num_frames)
         conditioned = self._attend(feats, sel)
         dec = self._decode(
             feats, conditioned, False, np.zeros((1, 1, 2), np.float32), np.array([[-1.0]])
         )
         ious = dec["iou_predictions"][0, 1:].astype(np.float32)
-        boxes = [[int(round(float(v))) for v in b] for b in dec["mask_boxes"][0, 1:]]
+        boxes = [[round(float(v)) for v in b] for b in dec["mask_boxes"][0, 1:]]
         best, kf_score, kf_ious = self._samurai_choice(state, ious, boxes)
         cand = best + 1
         score = float(dec["object_score_logits"][0, 0])

@@ -149,4 +149,4 @@ def set_attention_lowering(module: nn.Module, lowering: str) -> None:
         )
     for sub in module.modules():
         if hasattr(sub, "lowering"):
-            sub.lowering = lowering
+            setattr(sub, "lowering", lowering)  # noqa: B010 (nn.Module's __setattr__ typing)
