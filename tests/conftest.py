@@ -78,11 +78,19 @@ def make_random_checkpoint(path: Path, size: str = "tiny", seed: int = 0) -> Pat
     return save_official_format(randomize_state_dict(template, seed=seed), path)
 
 
+# Developers may set SAMURAI_TEST_CACHE to a folder to reuse the random checkpoint and the compiled
+# tiny bundle across pytest runs (each takes minutes to make); CI leaves it unset.
+TEST_CACHE = os.environ.get("SAMURAI_TEST_CACHE")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded random-weight SAM 2.1 tiny checkpoint in the official file format."""
     if not oracle_available():
         pytest.skip("the oracle (absolutely-not-samurai) is needed to make the test checkpoint")
+    if TEST_CACHE:
+        cached = Path(TEST_CACHE) / "sam2.1_hiera_tiny.pt"
+        return cached if cached.is_file() else make_random_checkpoint(cached)
     return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "sam2.1_hiera_tiny.pt")
 
 
@@ -98,7 +106,10 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     """The tiny random checkpoint compiled for the cpu target (fp32, dynamic memory)."""
     from samurai_onnx.compiler.build import compile_bundle
 
-    out = tmp_path_factory.mktemp("bundles") / "tiny-cpu"
+    if TEST_CACHE and (Path(TEST_CACHE) / "tiny-cpu" / "bundle.yaml").is_file():
+        return Path(TEST_CACHE) / "tiny-cpu"
+    root = Path(TEST_CACHE) if TEST_CACHE else tmp_path_factory.mktemp("bundles")
+    out = root / "tiny-cpu"
     return compile_bundle(
         REPO / "manifests" / "tiny.yaml", "cpu", checkpoint=tiny_checkpoint, out_dir=out
     )
