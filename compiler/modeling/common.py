@@ -8,17 +8,22 @@ manifest's ``attention`` setting):
   every execution provider and is the fallback when no fused kernel exists.
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``; what the exporter makes of it
   depends on the exporter and opset (an ``Attention`` node at opset 23+, else MatMul/Softmax).
+- ``"ort_mha"``: ONNX Runtime's fused ``com.microsoft.MultiHeadAttention`` contrib op (flash
+  attention on the CPU for long sequences: it never materializes the 4096 x 28736 score matrix of
+  memory attention). In PyTorch it computes the ``"matmul"`` form, so eager numbers are unchanged.
+  Only for providers that implement the op (CPU, CUDA); no masks.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTENTION_LOWERINGS = ("matmul", "sdpa")
+ATTENTION_LOWERINGS = ("matmul", "sdpa", "ort_mha")
 
 
 class MLP(nn.Module):
@@ -83,6 +88,13 @@ def attention(
     """
     if lowering == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if lowering == "ort_mha" and mask is None:
+        b, h, nq, d = q.shape
+        packed = [t.transpose(1, 2).reshape(b, t.shape[2], h * d) for t in (q, k, v)]
+        out = _ort_mha(packed[0], packed[1], packed[2], h)
+        return out.reshape(b, nq, h, d).transpose(1, 2)
+    if lowering == "ort_mha":
+        lowering = "matmul"  # the fused op takes no additive mask here
     if lowering != "matmul":
         raise ValueError(
             f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}"
@@ -92,6 +104,41 @@ def attention(
     if mask is not None:
         logits = logits + mask
     return torch.matmul(torch.softmax(logits, dim=-1), v)
+
+
+def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    return torch.matmul(torch.softmax(torch.matmul(q * scale, k.transpose(-2, -1)), dim=-1), v)
+
+
+@torch.library.custom_op("samurai_onnx::multi_head_attention", mutates_args=())
+def _ort_mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Packed ``[B, N, H*D]`` attention; exported as ``com.microsoft.MultiHeadAttention``."""
+    b, nq, hd = q.shape
+    d = hd // num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, t.shape[1], num_heads, d).transpose(1, 2)
+
+    out = _matmul_attention(heads(q), heads(k), heads(v))
+    return out.transpose(1, 2).reshape(b, nq, hd).contiguous()
+
+
+@_ort_mha.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+def _ort_mha_symbolic(g: Any, q: Any, k: Any, v: Any, num_heads: Any) -> Any:
+    from torch.onnx import symbolic_helper
+
+    heads = symbolic_helper._maybe_get_const(num_heads, "i")
+    out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=int(heads))
+    out.setType(q.type())
+    return out
+
+
+torch.onnx.register_custom_op_symbolic("samurai_onnx::multi_head_attention", _ort_mha_symbolic, 1)
 
 
 class Attention(nn.Module):

@@ -42,6 +42,7 @@ def export_graph(
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
+            custom_opsets={"com.microsoft": 1},
         )
     onnx.checker.check_model(str(out), full_check=True)
     return out
