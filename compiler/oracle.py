@@ -154,3 +154,27 @@ def _memory_frames(seen: dict[str, Any], outputs: dict[str, Any], idx: int) -> t
         match = [f for f, feats in stored.items() if bool((feats == block).all())]
         frames.append(match[0] if match else -1)
     return tuple(frames)
+
+
+def reference_checkpoint(
+    model_name: str, expected_sha256: str, explicit: Path | None = None
+) -> Path:
+    """The checkpoint a bundle was built from: ``explicit`` or the cached official file.
+
+    The oracle must run the same weights as the bundle, so the file's sha256 is compared with the
+    one the compiler recorded in ``bundle.yaml``.
+    """
+    from samurai_onnx.compiler.checkpoint import cache_dir, sha256_of
+    from samurai_onnx.compiler.manifest import load_model_manifest
+
+    path = explicit or cache_dir() / load_model_manifest(model_name).checkpoint.file
+    if not path.is_file():
+        raise ValueError(
+            f"checkpoint {path} not found; pass --checkpoint with the file the bundle was built from"
+        )
+    if expected_sha256 and sha256_of(path) != expected_sha256:
+        raise ValueError(
+            f"checkpoint {path} is not the one the bundle was built from (sha256 differs from "
+            "bundle.yaml's source_checkpoint); pass --checkpoint with that file"
+        )
+    return path

@@ -1,0 +1,106 @@
+"""``samurai-bench``: a bundle and SAMURAI's PyTorch reference, side by side, in one run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(
+            f"{text!r}: expected positive integers separated by commas, e.g. 1,4,8"
+        )
+    return sizes
+
+
+@app.command()
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle directory made by samurai-compile."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or tensorrt (ONNX side)."),
+    batch_sizes: str = typer.Option(
+        "1",
+        "--batch-sizes",
+        help="Batch sizes for per-component latency, e.g. 1,4,8 (objects for the per-object graphs).",
+    ),
+    video: str | None = typer.Option(
+        None, "--video", help="Clip for the end-to-end timing (default: a synthetic clip)."
+    ),
+    bbox: str = typer.Option(
+        "100,120,90,70", "--bbox", help="First-frame box x,y,w,h for the end-to-end timing."
+    ),
+    frames: int = typer.Option(
+        12, "--frames", help="Frames tracked end to end; the memory bank is full from frame 7."
+    ),
+    repeats: int = typer.Option(
+        3, "--repeats", help="Timed runs per component and batch size (after one warm-up)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Intra-op threads for both sides (default: all cores)."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="The .pt the bundle was built from, for the reference (default: the cached official file).",
+    ),
+    no_reference: bool = typer.Option(False, "--no-reference", help="Skip the PyTorch reference."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
+    markdown_out: Path | None = typer.Option(
+        None, "--markdown", help="Write the report as Markdown."
+    ),
+) -> None:
+    """Per-component latency (median, p90) per batch size, end-to-end steady-state seconds per
+    frame with a full memory bank and peak RSS, for the bundle and (unless --no-reference) for
+    the PyTorch reference, with the ratio; as a Markdown table and JSON."""
+    from samurai_onnx.compiler.bench import benchmark, to_markdown
+    from samurai_onnx.compiler.oracle import reference_checkpoint
+    from samurai_onnx.runtime.bundle import BundleError, load_bundle
+    from samurai_onnx.runtime.tracker import TrackerError, parse_box
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        info = load_bundle(bundle)
+        args = {
+            "bundle": str(bundle),
+            "device": device,
+            "batch_sizes": parse_batch_sizes(batch_sizes),
+            "video": video,
+            "box": list(parse_box(bbox)),
+            "frames": frames,
+            "repeats": repeats,
+            "threads": threads,
+            "size": info.model_name,
+            "steady_from": min(8, max(frames - 1, 1)),
+        }
+        if not no_reference:
+            args["checkpoint"] = str(
+                reference_checkpoint(info.model_name, info.source_checkpoint_sha256, checkpoint)
+            )
+        report = benchmark(args, reference=not no_reference)
+    except (BundleError, TrackerError, ValueError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    text = to_markdown(report)
+    typer.echo(text)
+    if markdown_out:
+        markdown_out.write_text(text + "\n")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    app(prog_name="samurai-bench")
+
+
+if __name__ == "__main__":
+    main()

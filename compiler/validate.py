@@ -1,0 +1,375 @@
+"""Validate a bundle against SAMURAI's PyTorch code on the same frames: per component and end to end.
+
+Per component, the ONNX graph and the oracle's own modules get the same real inputs (taken from
+the clip's first frame): max and mean abs error per output, checked against the tolerance the
+bundle declares for its precision. End to end, the oracle's video predictor and our tracker run
+on the same JPEG frames: per-frame mask IoU, box error, chosen-candidate and memory agreement.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samurai_onnx.compiler.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
+from samurai_onnx.runtime.bundle import Bundle, load_bundle
+from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame
+from samurai_onnx.runtime.session import create_session
+from samurai_onnx.runtime.tracker import Tracker, check_box
+from samurai_onnx.runtime.video import open_frames
+
+
+@dataclass
+class OutputError:
+    max_abs: float
+    mean_abs: float
+
+
+@dataclass
+class ComponentReport:
+    name: str
+    precision: str
+    tolerance: float
+    outputs: dict[str, OutputError]
+
+    @property
+    def ok(self) -> bool:
+        return all(
+            math.isfinite(e.max_abs) and e.max_abs <= self.tolerance for e in self.outputs.values()
+        )
+
+
+@dataclass
+class FrameReport:
+    index: int
+    mask_iou: float
+    box_error: float  # max abs difference of x, y, w, h in pixels (0 when both absent)
+    candidate: int | None
+    oracle_candidate: int | None
+    memories_agree: bool
+
+
+@dataclass
+class ValidationReport:
+    bundle: str
+    precision: str
+    min_mask_iou: float
+    max_box_error: float
+    components: list[ComponentReport] = field(default_factory=list)
+    frames: list[FrameReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        frames_ok = all(
+            f.mask_iou >= self.min_mask_iou and f.box_error <= self.max_box_error
+            for f in self.frames
+        )
+        return frames_ok and all(c.ok for c in self.components)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        for comp, rep in zip(data["components"], self.components, strict=True):
+            comp["ok"] = rep.ok
+        return data
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"### Validation of `{self.bundle}` ({self.precision})",
+            "",
+            "| component | output | max abs error | mean abs error | tolerance | ok |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in self.components:
+            for name, e in c.outputs.items():
+                ok = "yes" if e.max_abs <= c.tolerance else "**NO**"
+                lines.append(
+                    f"| {c.name} | {name} | {e.max_abs:.3g} | {e.mean_abs:.3g} | {c.tolerance:g} | {ok} |"
+                )
+        lines += [
+            "",
+            f"| frame | mask IoU (>= {self.min_mask_iou}) | box error px (<= {self.max_box_error:g}) | candidate ours / oracle | memories agree |",
+            "|---|---|---|---|---|",
+        ]
+        for f in self.frames:
+            lines.append(
+                f"| {f.index} | {f.mask_iou:.4f} | {f.box_error:g} | {f.candidate} / {f.oracle_candidate} | {f.memories_agree} |"
+            )
+        if self.frames:
+            ious = [f.mask_iou for f in self.frames]
+            agree = sum(
+                f.candidate == f.oracle_candidate
+                for f in self.frames
+                if f.oracle_candidate is not None
+            )
+            total = sum(f.oracle_candidate is not None for f in self.frames)
+            lines += [
+                "",
+                f"min IoU {min(ious):.4f}, mean IoU {np.mean(ious):.4f}, candidate agreement {agree}/{total}",
+            ]
+        lines += ["", f"**{'PASS' if self.ok else 'FAIL'}**"]
+        return "\n".join(lines)
+
+
+def _err(ours: np.ndarray, ref: torch.Tensor) -> OutputError:
+    r = ref.detach().float().numpy()
+    d = np.abs(ours.astype(np.float32) - r)
+    return OutputError(float(d.max()), float(d.mean()))
+
+
+def _run(bundle: Bundle, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = create_session(bundle.file(name), ("CPUExecutionProvider",))
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    return dict(
+        zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted}), strict=True)
+    )
+
+
+def _component_reports(
+    bundle: Bundle, oracle: Any, frame: np.ndarray, box: tuple[float, ...]
+) -> list[ComponentReport]:
+    s = bundle.tracker
+    reports: list[ComponentReport] = []
+
+    def report(name: str, outputs: dict[str, OutputError]) -> None:
+        info = bundle.components[name]
+        reports.append(ComponentReport(name, info.precision, info.tolerance, outputs))
+
+    image = preprocess_frame(frame, s.image_size, s.image_mean, s.image_std)
+    with torch.inference_mode():
+        backbone = oracle.forward_image(torch.from_numpy(image))
+    fpn, pos = backbone["backbone_fpn"], backbone["vision_pos_enc"]
+    enc = _run(bundle, "image_encoder", {"image": image})
+    report(
+        "image_encoder",
+        {
+            "high_res_feat_s0": _err(enc["high_res_feat_s0"], fpn[0]),
+            "high_res_feat_s1": _err(enc["high_res_feat_s1"], fpn[1]),
+            "vision_features": _err(enc["vision_features"], fpn[2]),
+            "vision_pos_enc": _err(enc["vision_pos_enc"], pos[2]),
+        },
+    )
+    # The same inputs for both from here on: the oracle's features.
+    vf, vpos, s0, s1 = fpn[2], pos[2], fpn[0], fpn[1]
+    h, w = frame.shape[:2]
+    x, y, bw, bh = box
+    coords = torch.tensor([[[x, y], [x + bw, y + bh]]], dtype=torch.float32) * torch.tensor(
+        [s.image_size / w, s.image_size / h]
+    )
+    labels = torch.tensor([[2, 3]], dtype=torch.int32)
+    with torch.inference_mode():
+        embed = vf + oracle.no_mem_embed.reshape(1, -1, 1, 1)
+        sparse, dense = oracle.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        masks, iou, tokens, score = oracle.sam_mask_decoder.predict_masks(
+            image_embeddings=embed,
+            image_pe=oracle.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            repeat_image=False,
+            high_res_features=[s0, s1],
+        )
+        appearing = score > oracle.min_obj_score_logits
+        masks = torch.where(appearing[:, :, None, None], masks, torch.tensor(-1024.0))
+        lam = appearing.float()[:, :, None]
+        ptr = lam * oracle.obj_ptr_proj(tokens) + (1 - lam) * oracle.no_obj_ptr
+    low = s.low_res_mask_size
+    dec = _run(
+        bundle,
+        "mask_decoder",
+        {
+            "image_embed": vf.numpy(),
+            "add_no_mem_embed": np.ones(1, np.float32),
+            "high_res_feat_s0": s0.numpy(),
+            "high_res_feat_s1": s1.numpy(),
+            "point_coords": coords.numpy(),
+            "point_labels": labels.numpy().astype(np.float32),
+            "mask_input": np.zeros((1, 1, low, low), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+        },
+    )
+    report(
+        "mask_decoder",
+        {
+            "masks": _err(dec["masks"], masks),
+            "iou_predictions": _err(dec["iou_predictions"], iou),
+            "object_score_logits": _err(dec["object_score_logits"], score),
+            "obj_ptr": _err(dec["obj_ptr"], ptr),
+        },
+    )
+    mask_low = masks[:, 3:4]
+    with torch.inference_mode():
+        high = F.interpolate(
+            mask_low, size=(s.image_size, s.image_size), mode="bilinear", align_corners=False
+        )
+        feats_seq = [t.flatten(2).permute(2, 0, 1) for t in (vf,)]
+        mem, mem_pos = oracle._encode_new_memory(
+            current_vision_feats=feats_seq,
+            feat_sizes=[(s.feat_size, s.feat_size)],
+            pred_masks_high_res=high,
+            object_score_logits=score,
+            is_mask_from_pts=False,
+        )
+    menc = _run(
+        bundle,
+        "memory_encoder",
+        {
+            "vision_features": vf.numpy(),
+            "mask_logits": mask_low.numpy(),
+            "object_score_logits": score.numpy(),
+            "binarize": np.zeros(1, np.float32),
+        },
+    )
+    report(
+        "memory_encoder",
+        {
+            "maskmem_features": _err(menc["maskmem_features"], mem),
+            "maskmem_pos_enc": _err(menc["maskmem_pos_enc"], mem_pos[-1]),
+        },
+    )
+    reports.append(_memory_attention_report(bundle, oracle, vf, vpos, mem, mem_pos[-1], ptr[:, 3]))
+    return reports
+
+
+def _memory_attention_report(
+    bundle: Bundle,
+    oracle: Any,
+    vf: torch.Tensor,
+    vpos: torch.Tensor,
+    mem: torch.Tensor,
+    mem_pos: torch.Tensor,
+    ptr: torch.Tensor,
+) -> ComponentReport:
+    """Three memories (the encoded first frame at three temporal positions, perturbed) and five
+    pointers, laid out for the oracle the way ``_prepare_memory_conditioned_features`` does."""
+    from sam2.modeling.sam2_utils import get_1d_sine_pe
+
+    s = bundle.tracker
+    g = torch.Generator().manual_seed(0)
+    n, p = 3, 5
+    mems = torch.stack([mem[0] + 0.1 * torch.randn(mem[0].shape, generator=g) for _ in range(n)])
+    tpos = torch.tensor([6, 1, 0])
+    ptrs = ptr.expand(p, -1) + 0.1 * torch.randn(p, ptr.shape[-1], generator=g)
+    offsets = torch.tensor([5.0, 1.0, 2.0, 3.0, 4.0]) / (s.max_obj_ptrs_in_encoder - 1)
+    with torch.inference_mode():
+        memory = torch.cat([m.flatten(1).T[:, None] for m in mems])
+        pos = torch.cat(
+            [
+                mem_pos[0].flatten(1).T[:, None] + oracle.maskmem_tpos_enc[i].reshape(1, 1, -1)
+                for i in tpos
+            ]
+        )
+        split = s.d_model // s.mem_dim
+        ptr_tok = ptrs[:, None].reshape(p, 1, split, s.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
+        ptr_pos = oracle.obj_ptr_tpos_proj(get_1d_sine_pe(offsets, dim=s.d_model))
+        ptr_pos = ptr_pos[:, None].expand(-1, 1, -1).repeat_interleave(split, dim=0)
+        out = oracle.memory_attention(
+            curr=[vf.flatten(2).permute(2, 0, 1)],
+            curr_pos=[vpos.flatten(2).permute(2, 0, 1)],
+            memory=torch.cat([memory, ptr_tok]),
+            memory_pos=torch.cat([pos, ptr_pos]),
+            num_obj_ptr_tokens=p * split,
+        )
+        ref = out.permute(1, 2, 0).reshape(vf.shape)
+    feeds = {
+        "vision_features": vf.numpy(),
+        "vision_pos_enc": vpos.numpy(),
+        "memory": mems[None].numpy(),
+        "memory_pos_enc": mem_pos.expand(n, -1, -1, -1)[None].numpy().copy(),
+        "memory_tpos_index": tpos.numpy().astype(np.int64),
+        "obj_ptrs": ptrs[None].numpy(),
+        "obj_ptr_offsets": offsets.numpy(),
+    }
+    info = bundle.components["memory_attention"]
+    if info.graph.endswith("_static"):
+        from samurai_onnx.runtime.tracker import _pad
+
+        feeds["memory"], feeds["memory_valid"] = _pad(feeds["memory"], 1, s.static_memory_slots)
+        feeds["memory_pos_enc"], _ = _pad(feeds["memory_pos_enc"], 1, s.static_memory_slots)
+        feeds["memory_tpos_index"], _ = _pad(feeds["memory_tpos_index"], 0, s.static_memory_slots)
+        feeds["obj_ptrs"], feeds["obj_ptr_valid"] = _pad(
+            feeds["obj_ptrs"], 1, s.static_pointer_slots
+        )
+        feeds["obj_ptr_offsets"], _ = _pad(feeds["obj_ptr_offsets"], 0, s.static_pointer_slots)
+    got = _run(bundle, "memory_attention", feeds)["conditioned_features"]
+    return ComponentReport(
+        "memory_attention", info.precision, info.tolerance, {"conditioned_features": _err(got, ref)}
+    )
+
+
+def validate(
+    bundle_dir: str | Path,
+    video: str | Path,
+    box: tuple[float, float, float, float],
+    *,
+    checkpoint: Path,
+    size: str | None = None,
+    frames: int = 8,
+    overrides: dict[str, Any] | None = None,
+) -> ValidationReport:
+    """Run the oracle and the bundle on the first ``frames`` frames of ``video``."""
+    bundle = load_bundle(bundle_dir)
+    size = size or bundle.model_name
+    if size not in ORACLE_CONFIGS:
+        raise ValueError(f"unknown model size {size!r}; use one of {', '.join(ORACLE_CONFIGS)}")
+    precisions = sorted({c.precision for c in bundle.components.values()})
+    all_fp32 = precisions == ["fp32"]
+    report = ValidationReport(
+        bundle=str(bundle_dir),
+        precision="+".join(precisions),
+        min_mask_iou=0.99 if all_fp32 else 0.95,
+        max_box_error=1.0 if all_fp32 else 8.0,
+    )
+    clip: list[np.ndarray] = []
+    with open_frames(video) as src:
+        for f in src:
+            clip.append(f)
+            if len(clip) == frames:
+                break
+    if not clip:
+        raise ValueError(f"{video} has no frames")
+    height, width = clip[0].shape[:2]
+    box = check_box(box, width, height)
+    overrides = dict(overrides or {})
+    oracle = build_oracle(size, checkpoint, {**overrides, "fill_hole_area": 0})
+    report.components = _component_reports(bundle, oracle, clip[0], box)
+    with tempfile.TemporaryDirectory(prefix="samurai-validate-") as tmp:
+        import cv2
+
+        for i, f in enumerate(clip):
+            cv2.imwrite(
+                str(Path(tmp) / f"{i:05d}.jpg"),
+                cv2.cvtColor(f, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 95],
+            )
+        expected = list(run_oracle(oracle, Path(tmp), box, max_frames=len(clip)))
+        tracker = Tracker(bundle, fill_hole_area=0, num_frames=len(clip), overrides=overrides)
+        for res, ref in zip(tracker.track(tmp, box), expected, strict=False):
+            ours, info = res.objects[0], tracker.states[0].last
+            union = np.logical_or(ours.mask, ref.mask).sum()
+            iou = 1.0 if union == 0 else float(np.logical_and(ours.mask, ref.mask).sum() / union)
+            b_ref = mask_to_box(ref.mask)
+            if ours.box is None and b_ref is None:
+                err = 0.0
+            elif ours.box is None or b_ref is None:
+                err = float("inf")
+            else:
+                err = float(np.abs(np.subtract(ours.box, b_ref)).max())
+            report.frames.append(
+                FrameReport(
+                    res.index,
+                    iou,
+                    err,
+                    info.candidate if info and res.index else None,
+                    ref.candidate,
+                    bool(info and info.memory_frames == ref.memory_frames),
+                )
+            )
+    return report
