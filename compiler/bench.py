@@ -135,9 +135,7 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
         res.components[name] = {}
         for b in args["batch_sizes"]:
             feeds = _feeds(name, b, bundle.tracker, rng, static)
-            res.components[name][b] = _time(
-                lambda sess=sess, feeds=feeds: sess.run(None, feeds), args["repeats"]
-            )
+            res.components[name][b] = _time(partial(sess.run, None, feeds), args["repeats"])
         del sess
     frames = _frames(args.get("video"), args["frames"])
     tracker = Tracker(

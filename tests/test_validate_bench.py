@@ -1,0 +1,79 @@
+"""samurai-validate and samurai-bench on the tiny random-weight bundle.
+
+``validate`` compares every graph of the bundle with the oracle's own modules on real inputs
+(this is where the graph wrappers' rewrites of SAMURAI's control flow are checked against
+SAMURAI), and the tracking loop with the oracle's video predictor.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SYNTHETIC_BOX, requires_oracle, synthetic_frames, write_frames
+
+pytestmark = [requires_oracle, pytest.mark.oracle, pytest.mark.slow]
+
+
+def test_validate_reports_every_graph_and_frame(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from samurai_onnx.compiler.validate import validate
+
+    frames = write_frames(synthetic_frames(4), tmp_path / "frames")
+    report = validate(tiny_bundle, frames, SYNTHETIC_BOX, checkpoint=tiny_checkpoint, frames=4)
+    names = {c.name for c in report.components}
+    assert names == {"image_encoder", "mask_decoder", "memory_encoder", "memory_attention"}
+    for comp in report.components:
+        for out, err in comp.outputs.items():
+            assert err.max_abs <= 1e-4, f"{comp.name}.{out}: {err.max_abs}"
+    assert [f.index for f in report.frames] == [0, 1, 2, 3]
+    assert all(f.mask_iou >= 0.99 and f.box_error <= 1 for f in report.frames)
+    assert all(f.candidate == f.oracle_candidate for f in report.frames[1:])
+    assert report.ok
+    md = report.to_markdown()
+    assert "| memory_attention | conditioned_features |" in md and "**PASS**" in md
+
+
+def test_validate_cli_exit_codes(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    frames = write_frames(synthetic_frames(2), tmp_path / "frames")
+    out = tmp_path / "report.json"
+    cmd = [
+        sys.executable, "scripts/validate_onnx.py", "--pytorch_model", "configs/samurai/sam2.1_hiera_t.yaml",
+        "--onnx_models", str(tiny_bundle), "--test_video", str(frames), "--bbox", "100,120,90,70",
+        "--checkpoint", str(tiny_checkpoint), "--frames", "2", "--json", str(out),
+    ]
+    repo = Path(__file__).resolve().parent.parent
+    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(out.read_text())["ok"] is True
+    wrong = subprocess.run(
+        [*cmd[:3], "configs/samurai/sam2.1_hiera_l.yaml", *cmd[4:]], capture_output=True, text=True, cwd=repo, check=False
+    )
+    assert wrong.returncode == 2 and "holds SAM 2.1 tiny" in wrong.stderr
+    other = tmp_path / "other.pt"
+    other.write_bytes(tiny_checkpoint.read_bytes()[:-1] + b"x")
+    bad = subprocess.run(
+        [sys.executable, "-m", "samurai_onnx.compiler.validate_cli", str(tiny_bundle), str(frames),
+         "--bbox", "100,120,90,70", "--checkpoint", str(other)],
+        capture_output=True, text=True, cwd=repo, check=False,
+    )
+    assert bad.returncode == 2 and "not the one the bundle was built from" in bad.stderr
+
+
+def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
+    from samurai_onnx.compiler.bench import benchmark, to_markdown
+
+    args = {
+        "bundle": str(tiny_bundle), "device": "cpu", "batch_sizes": [1, 2], "video": None,
+        "box": list(SYNTHETIC_BOX), "frames": 3, "repeats": 1, "threads": None, "size": "tiny",
+        "steady_from": 1,
+    }
+    report = benchmark(args, reference=False)
+    comps = report["onnx"]["components"]
+    assert set(comps) == {"image_encoder", "memory_attention", "mask_decoder", "memory_encoder"}
+    assert all(set(v) == {"1", "2"} and all(t["median"] > 0 for t in v.values()) for v in comps.values())
+    assert report["onnx"]["seconds_per_frame"] > 0 and report["onnx"]["peak_rss_mb"] > 100
+    md = to_markdown(report)
+    assert "| image_encoder | 2 |" in md and "ONNX Runtime" in md
