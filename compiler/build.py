@@ -24,6 +24,7 @@ from samurai_onnx.compiler.checkpoint import read_state_dict, resolve_checkpoint
 from samurai_onnx.compiler.graphs import build_graph, example_inputs
 from samurai_onnx.compiler.manifest import (
     ComponentSpec,
+    ManifestError,
     ModelManifest,
     TargetManifest,
     load_model_manifest,
@@ -36,7 +37,12 @@ from samurai_onnx.compiler.passes.fp16 import convert_fp16
 from samurai_onnx.compiler.passes.ort_format import convert_to_ort
 from samurai_onnx.compiler.passes.quantize import quantize_int8
 from samurai_onnx.compiler.passes.simplify import simplify_graph
-from samurai_onnx.compiler.passes.verify import check_outputs, max_abs_errors, run_graph
+from samurai_onnx.compiler.passes.verify import (
+    NumericError,
+    check_outputs,
+    max_abs_errors,
+    run_graph,
+)
 from samurai_onnx.runtime.bundle import (
     COMPONENTS,
     GRAPH_IO,
@@ -48,6 +54,10 @@ from samurai_onnx.runtime.bundle import (
 log = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {1: "float32", 7: "int64", 10: "float16", 9: "bool"}
+
+
+class BuildError(RuntimeError):
+    """A compiler pass that crashed (not one that broke the numbers: that is ``NumericError``)."""
 
 
 @dataclass
@@ -68,6 +78,13 @@ class BuildOptions:
     verify: bool = True
     download: bool = True
     reports: list[PassReport] = field(default_factory=list)
+
+
+def attention_lowering(spec: ComponentSpec, target: TargetManifest) -> str:
+    """The model manifest's fused lowering where the target allows fused kernels, else its fallback."""
+    return (
+        spec.fused_attention if target.fused_attention and spec.fused_attention else spec.attention
+    )
 
 
 def _dynamic_axes(
@@ -94,6 +111,31 @@ def _dynamic_axes(
     return axes
 
 
+def _check_inputs(spec: ComponentSpec, inputs: dict[str, torch.Tensor], where: str) -> None:
+    """The manifest's input dtypes and fixed sizes against the tensors the graph is traced with.
+
+    Why: the manifest's shapes only name the dynamic axes for the exporter; a fixed size that
+    disagrees with the model (``[batch, 3, 512, 512]`` for a 1024-pixel model) would otherwise
+    be silently ignored. Static graphs' extra inputs (validity masks) are not in the manifest, and
+    their slot axes are named (dynamic) there.
+    """
+    for i, item in enumerate(spec.inputs):
+        tensor = inputs[item.name]
+        at = f"{where}.inputs[{i}]"
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if item.dtype != dtype:
+            raise ManifestError(
+                f"{at}.dtype: {item.name} is {dtype} in the graph, not {item.dtype}"
+            )
+        if len(item.shape) != tensor.ndim or any(
+            isinstance(d, int) and d != n for d, n in zip(item.shape, tensor.shape, strict=False)
+        ):
+            raise ManifestError(
+                f"{at}.shape: {list(item.shape)} does not fit {item.name} of this model, "
+                f"{list(tensor.shape)} (a string is a dynamic axis)"
+            )
+
+
 def _signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     model = onnx.load(str(path), load_external_data=False)
 
@@ -109,6 +151,11 @@ def _signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
 
 
+def _graph_name(component: str, target: TargetManifest) -> str:
+    static = component == "memory_attention" and target.memory_shape == "static"
+    return "memory_attention_static" if static else component
+
+
 def _build_component(
     name: str,
     model: SAM2Model,
@@ -120,13 +167,9 @@ def _build_component(
     on_pass: Callable[[PassReport], None],
 ) -> tuple[Path, Path, str, str, dict[str, float], float]:
     spec = manifest.components[name]
-    graph = (
-        "memory_attention_static"
-        if name == "memory_attention" and target.memory_shape == "static"
-        else name
-    )
+    graph = _graph_name(name, target)
     wrapper = build_graph(graph, model, settings)
-    set_attention_lowering(wrapper, spec.attention)
+    set_attention_lowering(wrapper, attention_lowering(spec, target))
     inputs = example_inputs(graph, settings)
     with torch.no_grad():
         outs = wrapper(*(inputs[n] for n in GRAPH_IO[graph]["inputs"]))
@@ -138,7 +181,17 @@ def _build_component(
     def step(pass_name: str, precision: str, fn: Callable[[], Path]) -> Path:
         nonlocal errors
         start = time.perf_counter()
-        path = fn()
+        try:
+            path = fn()
+        except (NumericError, ManifestError):
+            raise
+        except Exception as exc:
+            log.debug("pass %s of %s failed", pass_name, name, exc_info=True)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise BuildError(
+                f"{name}: pass '{pass_name}' failed ({type(exc).__name__}: {first[:300]}); "
+                "run samurai-compile with --verbose for the traceback"
+            ) from exc
         tol = spec.tolerance.get(precision, 1e-4)
         if options.verify:
             errors = max_abs_errors(run_graph(path, inputs), reference)
@@ -153,7 +206,13 @@ def _build_component(
         "export",
         "fp32",
         lambda: export_graph(
-            wrapper, graph, inputs, axes, work / f"{name}.export.onnx", opset=target.opset
+            wrapper,
+            graph,
+            inputs,
+            axes,
+            work / f"{name}.export.onnx",
+            opset=target.opset,
+            output_shapes={k: tuple(v.shape) for k, v in reference.items()},
         ),
     )
     if options.simplify:
@@ -200,13 +259,23 @@ def compile_bundle(
         raise ValueError(
             f"unknown component(s) {', '.join(unknown)}; use all or {', '.join(COMPONENTS)}"
         )
+    settings = dataclasses.replace(manifest.tracker, memory_shape=target.memory_shape)
+    for name in chosen:  # manifest mistakes first, before the checkpoint is looked for
+        graph = _graph_name(name, target)
+        where = f"{manifest.path}: components.{name}"
+        _check_inputs(manifest.components[name], example_inputs(graph, settings), where)
     ckpt = resolve_checkpoint(manifest.checkpoint, checkpoint, download=options.download)
     ckpt_sha = verify_sha256(ckpt, manifest.checkpoint)
     model = load_sam2(manifest.model, read_state_dict(ckpt, manifest), source=ckpt)
-    settings = dataclasses.replace(manifest.tracker, memory_shape=target.memory_shape)
     out = Path(out_dir) if out_dir else Path("bundles") / f"{manifest.name}-{target.name}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
+    finals: dict[str, Path] = {}
+    # Everything is built in a temporary folder inside ``out`` and moved into place only when
+    # every component has passed, so a failed build never leaves a bundle.yaml next to graphs
+    # that do not match it.
     with tempfile.TemporaryDirectory(prefix=".samurai-build-", dir=out) as tmp:
         for name in chosen:
             final, onnx_path, graph, precision, errors, tol = _build_component(
@@ -219,20 +288,21 @@ def compile_bundle(
                 options,
                 on_pass or (lambda r: None),
             )
-            dest = out / f"{name}{final.suffix}"
-            shutil.copyfile(final, dest)
+            finals[name] = final
             ins, outs = _signature(onnx_path)
             entries[name] = {
-                "file": dest.name,
-                "sha256": sha256_file(dest),
+                "file": f"{name}{final.suffix}",
+                "sha256": sha256_file(final),
                 "graph": graph,
                 "precision": precision,
-                "attention": manifest.components[name].attention,
+                "attention": attention_lowering(manifest.components[name], target),
                 "inputs": ins,
                 "outputs": outs,
                 "max_abs_error": {k: float(f"{v:.4g}") for k, v in errors.items()},
                 "tolerance": tol,
             }
+        for name, final in finals.items():
+            shutil.move(final, out / entries[name]["file"])
     write_bundle_manifest(
         out,
         {

@@ -70,9 +70,16 @@ def resolve_checkpoint(
 ) -> Path:
     """The checkpoint to use: ``explicit``, else the cached file, else a fresh download."""
     if explicit is not None:
+        explicit = Path(explicit)
+        if explicit.is_dir():
+            raise CheckpointError(
+                f"checkpoint {explicit} is a directory; pass the .pt file itself "
+                f"(e.g. {explicit / spec.file}) to --checkpoint"
+            )
         if not explicit.is_file():
             raise CheckpointError(
-                f"checkpoint {explicit} does not exist; check the --checkpoint path"
+                f"checkpoint {explicit} does not exist; check the --checkpoint path "
+                f"(the official file is {spec.file}, from {spec.url})"
             )
         return explicit
     cached = cache_dir() / spec.file
@@ -87,29 +94,60 @@ def resolve_checkpoint(
 
 
 def _download(spec: CheckpointSpec, dest: Path) -> Path:
+    """Download ``spec.url`` to ``dest``: into ``dest.part`` first, renamed only once complete.
+
+    Why the ``.part`` file and the rename: an interrupted or corrupted download must never be
+    left where the next run would take it for the checkpoint (``resolve_checkpoint`` trusts a
+    cached file that exists). So the partial file is deleted on any failure: network error,
+    short read (fewer bytes than ``Content-Length``), sha256 mismatch, Ctrl-C.
+    """
+    import http.client
+
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(spec.url, timeout=30) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with (
-                open(part, "wb") as fh,
-                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {spec.file}") as bar,
-            ):
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    fh.write(chunk)
-                    bar.update(len(chunk))
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        part.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise CheckpointError(
-            f"could not download {spec.url} ({reason}); on a machine with internet download it "
-            f"and put it at {dest}, or pass --checkpoint PATH"
+            f"cannot create the checkpoint cache {dest.parent} ({exc.strerror or exc}); set "
+            "SAMURAI_ONNX_CACHE to a writable folder or pass --checkpoint PATH"
         ) from None
-    verify_sha256(part, spec)
-    part.replace(dest)
+    part = dest.with_name(dest.name + ".part")
+    hint = f"on a machine with internet download it and put it at {dest}, or pass --checkpoint PATH"
+    try:
+        try:
+            with urllib.request.urlopen(spec.url, timeout=30) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                written = 0
+                with (
+                    open(part, "wb") as fh,
+                    tqdm(
+                        total=total, unit="B", unit_scale=True, desc=f"download {spec.file}"
+                    ) as bar,
+                ):
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        fh.write(chunk)
+                        written += len(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            raise CheckpointError(f"could not download {spec.url} ({reason}); {hint}") from None
+        if total is not None and written != total:
+            raise CheckpointError(
+                f"download of {spec.url} stopped after {written} of {total} bytes; "
+                f"run again to retry, or {hint}"
+            )
+        if spec.sha256 is not None:
+            actual = sha256_of(part)
+            if actual != spec.sha256.lower():
+                raise CheckpointError(
+                    f"download of {spec.url} has sha256 {actual}, expected {spec.sha256}: the "
+                    f"download is corrupted and was deleted; run again to retry, or {hint}"
+                )
+        part.replace(dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     return dest
 
 
@@ -118,9 +156,17 @@ def read_state_dict(path: Path, manifest: ModelManifest) -> dict[str, torch.Tens
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head == b"PK\x03\x04":  # a zip archive's start without its end: cut short
+            raise CheckpointError(
+                f"checkpoint {path} is truncated ({size} bytes, the archive's end is missing: an "
+                f"interrupted download?); download it again from {manifest.checkpoint.url}"
+            )
         raise CheckpointError(
-            f"checkpoint {path} is not a readable torch checkpoint (truncated or not a .pt file, "
-            f"{path.stat().st_size} bytes); download it again from {manifest.checkpoint.url}"
+            f"checkpoint {path} is not a readable torch checkpoint (not a .pt zip archive, "
+            f"{size} bytes); download it again from {manifest.checkpoint.url}"
         )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

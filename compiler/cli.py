@@ -25,6 +25,12 @@ def parse_components(values: list[str] | None) -> list[str]:
     return [c for c in COMPONENTS if c in names]
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (the CLI's errors are one line, never a traceback)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
 @app.command()
 def compile(
     manifest: Path = typer.Argument(
@@ -60,7 +66,7 @@ def compile(
 ) -> None:
     """Export -> onnx.checker -> onnxsim -> FP16 / int8 (as the target says) -> ORT format
     (mobile), checking every graph against PyTorch after every pass, into a versioned bundle."""
-    from samurai_onnx.compiler.build import BuildOptions, PassReport, compile_bundle
+    from samurai_onnx.compiler.build import BuildError, BuildOptions, PassReport, compile_bundle
     from samurai_onnx.compiler.checkpoint import CheckpointError
     from samurai_onnx.compiler.manifest import ManifestError
     from samurai_onnx.compiler.passes.verify import NumericError
@@ -88,8 +94,9 @@ def compile(
             options=BuildOptions(download=not no_download),
             on_pass=show,
         )
-    except (ManifestError, CheckpointError, NumericError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (ManifestError, CheckpointError, NumericError, BuildError, ValueError, OSError) as exc:
+        logging.getLogger(__name__).debug("build failed", exc_info=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"bundle written to {bundle}")
 

@@ -6,6 +6,8 @@ Every error names the file and the key (``manifests/tiny.yaml: components.image_
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,14 +16,17 @@ from typing import Any
 import yaml
 
 from samurai_onnx.compiler.modeling.common import ATTENTION_LOWERINGS
-from samurai_onnx.compiler.modeling.config import SAM2Config
-from samurai_onnx.runtime.bundle import COMPONENTS, GRAPH_IO, TrackerSettings
+from samurai_onnx.compiler.modeling.config import HieraConfig, SAM2Config
+from samurai_onnx.runtime.bundle import COMPONENTS, GRAPH_IO, TrackerSettings, check_fields
 
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("none", "int8")
 FORMATS = ("onnx", "ort")
 MEMORY_SHAPES = ("dynamic", "static")
 _DTYPES = ("float32", "int64")
+MODEL_SIZES = ("tiny", "small", "base_plus", "large")
+# torch.onnx.export's TorchScript exporter (dynamo=False, see passes/export.py) stops at opset 20.
+OPSETS = (17, 18, 19, 20)
 
 
 class ManifestError(ValueError):
@@ -39,9 +44,10 @@ class InputSpec:
 class ComponentSpec:
     name: str
     inputs: tuple[InputSpec, ...]
-    attention: str
+    attention: str  # the fallback lowering: runs on every provider
     quantization: dict[str, Any] | None  # None: never quantized
     tolerance: dict[str, float]
+    fused_attention: str | None = None  # used where the target allows fused kernels
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """Axes given as names in the manifest, in ``torch.onnx.export``'s form."""
@@ -81,6 +87,7 @@ class TargetManifest:
     opset: int
     format: str
     memory_shape: str
+    fused_attention: bool = False  # may graphs use fused attention ops (ORT contrib kernels)?
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -88,20 +95,44 @@ def _read(path: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: no such manifest file; check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
-        raise ManifestError(f"{path}: expected a mapping of keys at the top level")
+        raise ManifestError(
+            f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}"
+        )
     return data
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """PyYAML's multi-line message (with a caret drawing) as one line: problem and position."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _at(where: str, key: str) -> str:
+    """The location of ``key`` inside ``where``: ``file: a.b`` -> ``file: a.b.key``.
+
+    ``where`` is either a bare file path (the top level) or ``file: key.path``.
+    """
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
+
+
+def _kind_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):  # YAML's true/false are not numbers here
+        return bool in kinds
+    return isinstance(value, kinds)
 
 
 def _require(data: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
     if key not in data:
-        raise ManifestError(f"{where}.{key}: missing (required)")
+        raise ManifestError(f"{_at(where, key)}: missing (required)")
     value = data[key]
-    if not isinstance(value, kind):
+    if not _kind_ok(value, kind):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ManifestError(f"{where}.{key}: expected {names}, got {value!r}")
+        raise ManifestError(f"{_at(where, key)}: expected {names}, got {value!r}")
     return value
 
 
@@ -112,27 +143,31 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
 
 
 def _unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(data) - allowed)
+    extra = sorted(set(data) - allowed, key=str)
     if extra:
         raise ManifestError(
-            f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}"
+            f"{where}: unknown key(s) {', '.join(map(str, extra))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
         )
 
 
 def _component(name: str, data: Any, where: str) -> ComponentSpec:
     if not isinstance(data, dict):
-        raise ManifestError(f"{where}: expected a mapping")
+        raise ManifestError(f"{where}: expected a mapping of inputs, attention, quantization, ...")
     _unknown(data, {"inputs", "attention", "quantization", "tolerance"}, where)
     raw_inputs = _require(data, "inputs", where, list)
     inputs = []
     for i, item in enumerate(raw_inputs):
         iw = f"{where}.inputs[{i}]"
         if not isinstance(item, dict):
-            raise ManifestError(f"{iw}: expected {{name, dtype, shape}}")
+            raise ManifestError(f"{iw}: expected {{name, dtype, shape}}, got {item!r}")
         _unknown(item, {"name", "dtype", "shape"}, iw)
         shape = _require(item, "shape", iw, list)
-        if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in shape):
-            raise ManifestError(f"{iw}.shape: every dimension must be an int or an axis name")
+        for d in shape:
+            if not (_kind_ok(d, int) and d > 0) and not (_kind_ok(d, str) and d):
+                raise ManifestError(
+                    f"{iw}.shape: {d!r} is neither a positive int nor an axis name (a string)"
+                )
         inputs.append(
             InputSpec(
                 name=_require(item, "name", iw, str),
@@ -146,27 +181,81 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
         raise ManifestError(
             f"{where}.inputs: names {list(got)} do not match the graph's inputs {list(expected)}"
         )
-    attention = _choice(data.get("attention", "matmul"), ATTENTION_LOWERINGS, f"{where}.attention")
+    raw_attention = data.get("attention", "matmul")
+    fused: str | None = None
+    if isinstance(raw_attention, dict):
+        aw = f"{where}.attention"
+        _unknown(raw_attention, {"fused", "fallback"}, aw)
+        fused = _choice(raw_attention.get("fused"), ATTENTION_LOWERINGS, f"{aw}.fused")
+        attention = _choice(
+            raw_attention.get("fallback", "matmul"), ATTENTION_LOWERINGS, f"{aw}.fallback"
+        )
+    else:
+        attention = _choice(raw_attention, ATTENTION_LOWERINGS, f"{where}.attention")
     quant = data.get("quantization", "none")
     if quant == "none":
         quantization = None
     elif isinstance(quant, dict):
-        _unknown(quant, {"mode", "op_types"}, f"{where}.quantization")
-        _choice(quant.get("mode"), ("dynamic",), f"{where}.quantization.mode")
+        qw = f"{where}.quantization"
+        _unknown(quant, {"mode", "op_types"}, qw)
+        _choice(quant.get("mode"), ("dynamic",), f"{qw}.mode")
+        ops = quant.get("op_types", ["MatMul", "Gemm"])
+        if not isinstance(ops, list) or not ops or not all(_kind_ok(o, str) for o in ops):
+            raise ManifestError(f"{qw}.op_types: expected a list of ONNX op types, got {ops!r}")
         quantization = dict(quant)
     else:
         raise ManifestError(
-            f"{where}.quantization: use 'none' or {{mode: dynamic, op_types: [...]}}"
+            f"{where}.quantization: {quant!r}; use 'none' or {{mode: dynamic, op_types: [...]}}"
         )
     tol = data.get("tolerance", {})
-    if not isinstance(tol, dict) or not all(isinstance(v, (int, float)) for v in tol.values()):
+    if not isinstance(tol, dict):
         raise ManifestError(
-            f"{where}.tolerance: expected a mapping like {{fp32: 1.0e-4, fp16: 0.5}}"
+            f"{where}.tolerance: expected a mapping like {{fp32: 1.0e-4, fp16: 0.5}}, got {tol!r}"
         )
     _unknown(tol, {"fp32", "fp16", "int8"}, f"{where}.tolerance")
+    for key, value in tol.items():
+        if not _kind_ok(value, (int, float)) or not 0 < value < float("inf"):
+            raise ManifestError(
+                f"{where}.tolerance.{key}: expected a positive number (max abs error), "
+                f"got {value!r}"
+            )
     return ComponentSpec(
-        name, tuple(inputs), attention, quantization, {k: float(v) for k, v in tol.items()}
+        name, tuple(inputs), attention, quantization, {k: float(v) for k, v in tol.items()}, fused
     )
+
+
+# The tracker settings that follow from the model (and the target's memory shape); a manifest
+# setting them under tracker: could only contradict the model.
+_DERIVED_TRACKER_KEYS = (
+    "image_size",
+    "d_model",
+    "mem_dim",
+    "feat_size",
+    "low_res_mask_size",
+    "num_maskmem",
+    "max_obj_ptrs_in_encoder",
+    "memory_shape",
+)
+
+
+def _model_config(name: str, data: Any, where: str) -> SAM2Config:
+    """``model:`` checked key by key (types of ``SAM2Config``/``HieraConfig``), then built."""
+    where = _at(where, "model")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: expected a mapping, got {data!r}")
+    hiera = data.get("hiera") or {}
+    if not isinstance(hiera, dict):
+        raise ManifestError(f"{where}.hiera: expected a mapping, got {hiera!r}")
+    try:
+        check_fields(SAM2Config, {k: v for k, v in data.items() if k != "name"}, where)
+        check_fields(HieraConfig, hiera, f"{where}.hiera")
+        if "name" in data:
+            raise ValueError(f"{where}.name: the model's name is the top-level name: key")
+        return SAM2Config.from_dict({"name": name, **data}, where=where)
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(str(exc)) from None
 
 
 def load_model_manifest(path: str | Path) -> ModelManifest:
@@ -175,25 +264,30 @@ def load_model_manifest(path: str | Path) -> ModelManifest:
     data = _read(path)
     where = str(path)
     _unknown(data, {"name", "checkpoint", "model", "tracker", "components"}, where)
-    name = _require(data, "name", where, str)
+    name = _choice(_require(data, "name", where, str), MODEL_SIZES, _at(where, "name"))
     ck = _require(data, "checkpoint", where, dict)
-    _unknown(ck, {"file", "url", "sha256"}, f"{where}: checkpoint")
+    cw = _at(where, "checkpoint")
+    _unknown(ck, {"file", "url", "sha256"}, cw)
     sha = ck.get("sha256")
-    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
-        raise ManifestError(f"{where}: checkpoint.sha256: expected 64 hex digits or null")
+    if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+        raise ManifestError(f"{cw}.sha256: expected 64 hex digits or null, got {sha!r}")
     checkpoint = CheckpointSpec(
-        file=_require(ck, "file", f"{where}: checkpoint", str),
-        url=_require(ck, "url", f"{where}: checkpoint", str),
-        sha256=sha,
+        file=_require(ck, "file", cw, str),
+        url=_require(ck, "url", cw, str),
+        sha256=sha.lower() if sha else None,
     )
-    try:
-        model = SAM2Config.from_dict(
-            {"name": name, **(data.get("model") or {})}, where=f"{where}: model"
+    model = _model_config(name, data.get("model"), where)
+    tw = _at(where, "tracker")
+    tracker_data = data.get("tracker") or {}
+    if not isinstance(tracker_data, dict):
+        raise ManifestError(f"{tw}: expected a mapping, got {tracker_data!r}")
+    derived = [k for k in _DERIVED_TRACKER_KEYS if k in tracker_data]
+    if derived:
+        raise ManifestError(
+            f"{tw}.{derived[0]}: follows from the model (or the target's memory_shape) and "
+            "cannot be set here"
         )
-    except (TypeError, ValueError) as exc:
-        raise ManifestError(str(exc)) from None
     try:
-        tracker_data = dict(data.get("tracker") or {})
         tracker = TrackerSettings.from_dict(
             {
                 "image_size": model.image_size,
@@ -205,17 +299,26 @@ def load_model_manifest(path: str | Path) -> ModelManifest:
                 "max_obj_ptrs_in_encoder": model.max_obj_ptrs_in_encoder,
                 **tracker_data,
             },
-            where=f"{where}: tracker",
+            where=tw,
         )
     except (TypeError, ValueError) as exc:
         raise ManifestError(str(exc)) from None
     comps = _require(data, "components", where, dict)
-    _unknown(comps, set(COMPONENTS), f"{where}: components")
+    pw = _at(where, "components")
+    _unknown(comps, set(COMPONENTS), pw)
     missing = [c for c in COMPONENTS if c not in comps]
     if missing:
-        raise ManifestError(f"{where}: components: missing {', '.join(missing)}")
-    components = {c: _component(c, comps[c], f"{where}: components.{c}") for c in COMPONENTS}
+        raise ManifestError(f"{pw}: missing {', '.join(missing)} (all four are required)")
+    components = {c: _component(c, comps[c], f"{pw}.{c}") for c in COMPONENTS}
     return ModelManifest(path, name, checkpoint, model, tracker, components)
+
+
+def _known_providers() -> set[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        return set()
+    return set(ort.get_all_providers())
 
 
 def load_target_manifest(path: str | Path) -> TargetManifest:
@@ -234,32 +337,60 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "opset",
             "format",
             "memory_shape",
+            "fused_attention",
         },
         where,
     )
+    name = _require(data, "name", where, str)
+    fused_attention = data.get("fused_attention", False)
+    if not isinstance(fused_attention, bool):
+        raise ManifestError(
+            f"{_at(where, 'fused_attention')}: expected true or false, got {fused_attention!r}"
+        )
     providers = _require(data, "providers", where, list)
-    if not providers or not all(isinstance(p, str) for p in providers):
-        raise ManifestError(f"{where}: providers: expected a non-empty list of provider names")
+    if not providers or not all(_kind_ok(p, str) for p in providers):
+        raise ManifestError(
+            f"{_at(where, 'providers')}: expected a non-empty list of provider names, "
+            f"got {providers!r}"
+        )
+    known = _known_providers()
+    unknown = [p for p in providers if known and p not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
+        raise ManifestError(
+            f"{_at(where, 'providers')}: unknown execution provider {unknown[0]!r}; {hint}"
+        )
     opset = _require(data, "opset", where, int)
-    if not 17 <= opset <= 21:
-        raise ManifestError(f"{where}: opset: {opset} is outside the supported range 17..21")
+    if opset not in OPSETS:
+        raise ManifestError(
+            f"{_at(where, 'opset')}: {opset} is outside the supported range "
+            f"{OPSETS[0]}..{OPSETS[-1]}"
+        )
+    ow = _at(where, "provider_options")
     options = data.get("provider_options") or {}
     if not isinstance(options, dict):
-        raise ManifestError(f"{where}: provider_options: expected a mapping provider -> options")
+        raise ManifestError(f"{ow}: expected a mapping provider -> options, got {options!r}")
+    for provider, opts in options.items():
+        if provider not in providers:
+            raise ManifestError(f"{ow}.{provider}: not one of this target's providers")
+        if not isinstance(opts, dict):
+            raise ManifestError(f"{ow}.{provider}: expected a mapping of options, got {opts!r}")
+
+    def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
+        return _choice(data.get(key, default), allowed, _at(where, key))
+
     return TargetManifest(
         path=path,
-        name=_require(data, "name", where, str),
+        name=name,
         providers=tuple(providers),
         provider_options={str(k): dict(v) for k, v in options.items()},
-        precision=_choice(data.get("precision", "fp32"), PRECISIONS, f"{where}: precision"),
-        quantization=_choice(
-            data.get("quantization", "none"), QUANTIZATIONS, f"{where}: quantization"
-        ),
+        precision=choice("precision", "fp32", PRECISIONS),
+        quantization=choice("quantization", "none", QUANTIZATIONS),
         opset=opset,
-        format=_choice(data.get("format", "onnx"), FORMATS, f"{where}: format"),
-        memory_shape=_choice(
-            data.get("memory_shape", "dynamic"), MEMORY_SHAPES, f"{where}: memory_shape"
-        ),
+        format=choice("format", "onnx", FORMATS),
+        memory_shape=choice("memory_shape", "dynamic", MEMORY_SHAPES),
+        fused_attention=fused_attention,
     )
 
 

@@ -30,8 +30,12 @@ def make_random_checkpoint(manifest: str | Path, out: Path, *, seed: int = 0) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="size name (tiny, small, base_plus, large) or manifest path")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="tiny", help="size name (tiny, small, base_plus, large) or manifest path"
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write the .pt file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -40,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"random-weight checkpoint written to {path} (for testing only: its tracks are meaningless)")
+    print(
+        f"random-weight checkpoint written to {path} (for testing only: its tracks are meaningless)"
+    )
     return 0
 
 

@@ -133,14 +133,15 @@ class TrackerSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "tracker") -> TrackerSettings:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise BundleError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        """Settings from a manifest's or bundle's ``tracker:`` mapping, every value type-checked."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: expected a mapping of settings, got {data!r}")
+        kwargs = check_fields(cls, data, where)
         settings = cls(**kwargs)
         if settings.memory_shape not in ("dynamic", "static"):
-            raise BundleError(f"{where}.memory_shape must be 'dynamic' or 'static'")
+            raise BundleError(
+                f"{where}.memory_shape: {settings.memory_shape!r} is not one of dynamic, static"
+            )
         return settings
 
 
@@ -184,6 +185,55 @@ class Bundle:
         return self.path / self.components[component].file
 
 
+def _kind_ok(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_fields(cls: Any, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` checked against the fields of dataclass ``cls``; returns constructor kwargs.
+
+    Why: YAML happily reads ``kf_score_weight: "0.25"`` or ``stages: [1, 2]`` and a dataclass
+    takes anything, so a typo would otherwise become a silently different model or tracker. The
+    type of each field's default is the rule (bool, int, float (ints allowed), str, tuples of
+    those; a tuple annotated with a fixed arity must have that length); fields whose default is
+    a dataclass are left to the caller. Lists become tuples, ints given for floats become floats.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise BundleError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
+        )
+    defaults = cls()
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        at = f"{where}.{key}"
+        if dataclasses.is_dataclass(default):
+            out[key] = value
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise BundleError(f"{at}: expected a list, got {value!r}")
+            fixed = "..." not in str(fields[key].type)
+            if fixed and len(value) != len(default):
+                raise BundleError(f"{at}: expected a list of {len(default)}, got {value!r}")
+            kind = type(default[0]) if default else object
+            if not all(_kind_ok(v, kind) for v in value):
+                raise BundleError(f"{at}: expected a list of {kind.__name__}, got {value!r}")
+            out[key] = tuple(float(v) if kind is float else v for v in value)
+        elif not _kind_ok(value, type(default)):
+            raise BundleError(f"{at}: expected {type(default).__name__}, got {value!r}")
+        else:
+            out[key] = float(value) if isinstance(default, float) else value
+    return out
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -193,8 +243,12 @@ def sha256_file(path: Path) -> str:
 
 
 def _inside(root: Path, rel: str, where: str) -> Path:
+    """``root / rel`` if that resolves (symlinks followed) to a path inside ``root``."""
     root = root.resolve()
-    candidate = (root / rel).resolve()
+    try:
+        candidate = (root / rel).resolve()
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{where}: file {rel!r} is not a valid path ({exc})") from None
     if Path(rel).is_absolute() or not candidate.is_relative_to(root):
         raise BundleError(
             f"{where}: file {rel!r} points outside the bundle directory {root}; "
@@ -216,6 +270,15 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     """Read and verify a bundle directory; raise ``BundleError`` with the fix on any problem."""
     root = Path(path)
     manifest = root / MANIFEST_NAME
+    if root.is_file() and root.name == MANIFEST_NAME:
+        raise BundleError(
+            f"{root} is a bundle's manifest; pass the bundle directory {root.parent} instead"
+        )
+    if root.exists() and not root.is_dir():
+        raise BundleError(
+            f"{root} is not a directory; a bundle is a directory holding {MANIFEST_NAME} and the "
+            "graphs (build one with samurai-compile)"
+        )
     if not root.is_dir():
         raise BundleError(f"bundle directory {root} does not exist; build one with samurai-compile")
     if not manifest.is_file():
@@ -224,12 +287,14 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         )
     try:
         data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise BundleError(f"{manifest}: not valid YAML ({exc}); rebuild the bundle") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BundleError(
+            f"{manifest}: not valid YAML ({_one_line(exc)}); rebuild the bundle"
+        ) from None
     if not isinstance(data, dict):
         raise BundleError(f"{manifest}: expected a mapping at the top level; rebuild the bundle")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise BundleError(
             f"{manifest}: bundle format version {version!r} is not supported by this runtime "
             f"(it reads version {FORMAT_VERSION}); rebuild the bundle with this samurai-compile"
@@ -253,22 +318,33 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             raise BundleError(
                 f"{where}: file {info['file']} is missing; rebuild or re-copy the bundle"
             )
-        if verify_hashes and sha256_file(file_path) != info["sha256"]:
+        if verify_hashes and sha256_file(file_path) != str(info["sha256"]).lower():
             raise BundleError(
                 f"{where}: {info['file']} does not match its sha256 (corrupted or modified); "
                 "rebuild or re-copy the bundle"
             )
-        components[name] = ComponentInfo(
-            name=name,
-            file=str(info["file"]),
-            sha256=str(info["sha256"]),
-            precision=str(info.get("precision", "fp32")),
-            inputs=_specs(info.get("inputs", []), f"{where}.inputs"),
-            outputs=_specs(info.get("outputs", []), f"{where}.outputs"),
-            graph=str(info.get("graph", name)),
-            max_abs_error={k: float(v) for k, v in (info.get("max_abs_error") or {}).items()},
-            tolerance=float(info.get("tolerance", 0.0)),
-        )
+        graph = str(info.get("graph", name))
+        if graph not in GRAPH_IO or graph not in (name, f"{name}_static"):
+            raise BundleError(
+                f"{where}.graph: {graph!r} is not a graph of {name} known to this runtime; "
+                "rebuild the bundle with this version of samurai-compile"
+            )
+        try:
+            components[name] = ComponentInfo(
+                name=name,
+                file=str(info["file"]),
+                sha256=str(info["sha256"]),
+                precision=str(info.get("precision", "fp32")),
+                inputs=_specs(info.get("inputs", []), f"{where}.inputs"),
+                outputs=_specs(info.get("outputs", []), f"{where}.outputs"),
+                graph=graph,
+                max_abs_error={k: float(v) for k, v in (info.get("max_abs_error") or {}).items()},
+                tolerance=float(info.get("tolerance", 0.0)),
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(f"{where}: malformed entry ({exc}); rebuild the bundle") from None
         expected = GRAPH_IO.get(components[name].graph)
         got_in = tuple(s.name for s in components[name].inputs)
         if expected is not None and got_in and got_in != expected["inputs"]:
@@ -287,6 +363,14 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         components=components,
         source_checkpoint_sha256=str((data.get("source_checkpoint") or {}).get("sha256", "")),
     )
+
+
+def _one_line(exc: BaseException) -> str:
+    """A YAML error (multi-line, with a caret drawing) as one line: problem and position."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def write_bundle_manifest(root: Path, data: dict[str, Any]) -> Path:

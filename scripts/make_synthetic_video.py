@@ -1,6 +1,6 @@
 """Write a small synthetic MP4 (a white box and a disc moving on black) for demos and tests.
 
-    python scripts/make_synthetic_video.py out.mp4 [--frames 20]
+python scripts/make_synthetic_video.py out.mp4 [--frames 20]
 """
 
 from __future__ import annotations

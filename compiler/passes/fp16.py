@@ -1,27 +1,71 @@
-"""Pass 3: weights and compute in float16 (onnxconverter-common), inputs and outputs kept fp32.
+"""Pass 3: weights and compute in float16, inputs and outputs kept fp32.
 
 Keeping the graph I/O in fp32 means the tracker feeds the same arrays to every bundle; Resize,
 the mask-box ArgMax chain and other ops that are unsafe or unsupported in fp16 stay in fp32.
+
+Why ONNX Runtime's converter (``onnxruntime.transformers.float16``) and not onnxconverter-common's:
+the rewritten ``convert_float_to_float16`` of onnxconverter-common 1.16 retypes the outputs of
+``Cast(to=float)`` nodes to float16 without changing the nodes, and inserts no cast between two
+adjacent fp32-only ops (``Where`` -> ``Resize`` in the mask decoder), so ONNX Runtime refuses to
+load the graphs it writes. ONNX Runtime's converter (the algorithm onnxconverter-common used
+before) handles both; it appends its I/O casts at the end, hence the topological sort.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import onnx
 
 # Ops left in fp32: Resize/ArgMax feed the discrete mask boxes; Range/Gather index maths; Sin/Cos
 # of the temporal encodings lose precision at large frame offsets in fp16.
-FP32_OPS = ["Resize", "ArgMax", "Range", "Sin", "Cos", "Greater", "Where", "ReduceMax"]
+# MultiHeadAttention (the fused lowering) stays fp32 too: ONNX Runtime's CPU kernel has no fp16
+# version, and the graphs must run on the CPU for the numeric check after this pass.
+FP32_OPS = [
+    "Resize",
+    "ArgMax",
+    "Range",
+    "Sin",
+    "Cos",
+    "Greater",
+    "Where",
+    "ReduceMax",
+    "MultiHeadAttention",
+]
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so that every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            missing = sorted({n for node in rest for n in node.input if n not in available})
+            raise RuntimeError(f"fp16 conversion left a graph with unproduced inputs {missing[:5]}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def convert_fp16(src: Path, out: Path) -> Path:
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16
 
     model = onnx.load(str(src))
-    converted = float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=FP32_OPS, disable_shape_infer=False
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per weight clipped to the fp16 range
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=FP32_OPS
+        )
+    _sort_topologically(converted.graph)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(out))
     return out
