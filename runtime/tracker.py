@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,15 @@ class ObjectState:
 
 @dataclass(frozen=True)
 class FrameResult:
+    """Every object's result on one frame.
+
+    ``index`` is the frame's position in the source (0 = the prompted frame); ``objects`` holds
+    one :class:`ObjectResult` per box, in the order the boxes were given (``obj_id`` 0, 1, ...):
+    ``mask`` (bool HxW at video size), ``box`` (LaSOT-style ``(x, y, w, h)`` ints, None when the
+    mask is empty), ``score`` (the decoder's predicted IoU of the chosen mask) and ``present``
+    (object score above SAMURAI's threshold and a non-empty mask).
+    """
+
     index: int
     objects: list[ObjectResult]
 
@@ -89,6 +98,28 @@ def parse_box(text: str) -> Box:
     if len(values) != 4 or not all(np.isfinite(values)):
         raise TrackerError(f"box {text!r} must be x,y,w,h: four numbers separated by commas")
     return (values[0], values[1], values[2], values[3])
+
+
+def normalize_boxes(box: Any) -> list[Box]:
+    """One box ``(x, y, w, h)`` or several (``[(x, y, w, h), ...]``, an ``[N, 4]`` array, or
+    ``"x,y,w,h"`` strings) -> a list of 4-tuples of floats; a one-line error for anything else."""
+    if isinstance(box, str):
+        return [parse_box(box)]
+    try:
+        arr = np.asarray([parse_box(b) if isinstance(b, str) else b for b in box], dtype=np.float64)
+    except TrackerError:
+        raise
+    except (TypeError, ValueError):
+        raise TrackerError(
+            f"box {box!r} must be x,y,w,h (four numbers) or a list of such boxes"
+        ) from None
+    if arr.size == 0:
+        return []
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise TrackerError(f"box {box!r} must be x,y,w,h (four numbers) or a list of such boxes")
+    return [(float(x), float(y), float(w), float(h)) for x, y, w, h in arr]
 
 
 def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> Box:
@@ -119,8 +150,14 @@ class Tracker:
     """Track boxes through a video with a SAMURAI bundle.
 
     ``start(frame, boxes)`` on the first frame, then ``step(frame)`` per frame; or ``track(video,
-    box)``, a generator over a whole source. ``num_frames`` (the video length, when known) matters
-    for videos shorter than 16 frames, where SAMURAI scales pointer distances by it.
+    box)``, a generator over a whole source. Frames are RGB uint8 HxWx3 numpy arrays.
+
+    ``device`` is ``cpu``, ``cuda`` or ``tensorrt`` (default: the providers the bundle was compiled
+    for); a missing provider logs a warning and falls back to the CPU. ``threads`` sets ONNX
+    Runtime's intra-op threads, ``fill_hole_area`` overrides SAM 2's hole filling (0 = off),
+    ``overrides`` any other ``TrackerSettings`` field of the tracking loop. ``num_frames`` (the
+    video length) matters for videos shorter than 16 frames, where SAMURAI scales pointer distances
+    by it; ``track`` takes it from the source when it is not given here.
     """
 
     def __init__(
@@ -162,6 +199,7 @@ class Tracker:
         }
         self.static_memory = self.bundle.components["memory_attention"].graph.endswith("_static")
         self.num_frames = num_frames
+        self._num_frames_given = num_frames
         self.states: list[ObjectState] = []
         self.frame_index = -1
         self.frame_size: tuple[int, int] | None = None  # (width, height)
@@ -246,13 +284,20 @@ class Tracker:
         return self._run("memory_attention", feeds)["conditioned_features"]
 
     # -- public API ---------------------------------------------------------------------------
-    def start(self, frame: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[ObjectResult]:
-        """Prompt frame 0 with one x,y,w,h box per object; returns their first-frame results."""
+    def start(
+        self, frame: np.ndarray, boxes: Sequence[float] | Sequence[Sequence[float]]
+    ) -> list[ObjectResult]:
+        """Prompt frame 0 with one x,y,w,h box per object; returns their first-frame results.
+
+        ``boxes`` is one box or a list of boxes, in pixels of ``frame``; starting again resets
+        every object.
+        """
         validate_frame(frame, "frame 0")
         height, width = frame.shape[:2]
-        if not boxes:
+        given = normalize_boxes(boxes)
+        if not given:
             raise TrackerError("give at least one box x,y,w,h to track")
-        checked = [check_box(b, width, height, i) for i, b in enumerate(boxes)]
+        checked = [check_box(b, width, height, i) for i, b in enumerate(given)]
         self.frame_size, self.frame_index, self.states = (width, height), 0, []
         s = self.settings
         feats = self._encode_image(frame)
@@ -312,16 +357,48 @@ class Tracker:
         return [self._track_object(state, feats, t) for state in self.states]
 
     def track(
-        self, video: Source, box: Sequence[float] | Sequence[Sequence[float]]
+        self,
+        video: Source,
+        box: Sequence[float] | Sequence[Sequence[float]],
+        *,
+        max_frames: int | None = None,
     ) -> Iterator[FrameResult]:
-        """Generator over a video source: one ``FrameResult`` per frame, frames read one by one."""
-        boxes = [box] if box and not isinstance(box[0], (list, tuple, np.ndarray)) else list(box)  # type: ignore[index]
+        """Generator over a video: one ``FrameResult`` per frame, frames read one at a time.
+
+        ``video`` is a video file, a folder of .jpg/.png frames, a webcam index, or any iterable
+        (a list, a generator) of RGB uint8 HxWx3 numpy frames. ``box`` is one ``(x, y, w, h)``
+        box in pixels of the first frame, or a list of boxes to track several objects (one
+        image-encoder pass per frame for all of them). ``max_frames`` stops after that many.
+        """
+        for _, result in self.track_frames(video, box, max_frames=max_frames):
+            yield result
+
+    def track_frames(
+        self,
+        video: Source,
+        box: Sequence[float] | Sequence[Sequence[float]],
+        *,
+        max_frames: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, FrameResult]]:
+        """Like ``track``, yielding ``(frame, result)`` so that callers can draw on the frame."""
+        boxes = normalize_boxes(box)
+        if not boxes:
+            raise TrackerError("give at least one box x,y,w,h to track")
+        if max_frames is not None and max_frames < 1:
+            raise TrackerError(f"max_frames is {max_frames}; it must be at least 1")
         with open_frames(video) as source:
+            self.num_frames = self._num_frames_given
             if self.num_frames is None:
-                self.num_frames = source.frame_count
-            for i, frame in enumerate(source):
-                objects = self.start(frame, boxes) if i == 0 else self.step(frame)  # type: ignore[arg-type]
-                yield FrameResult(i, objects)
+                counts = [n for n in (source.frame_count, max_frames) if n]
+                self.num_frames = min(counts) if counts else None
+            try:
+                for i, frame in enumerate(source):
+                    if max_frames is not None and i >= max_frames:
+                        break
+                    objects = self.start(frame, boxes) if i == 0 else self.step(frame)
+                    yield frame, FrameResult(i, objects)
+            finally:
+                self.num_frames = self._num_frames_given
 
     # -- SAMURAI's per-frame logic ------------------------------------------------------------
     def _track_object(
@@ -419,16 +496,34 @@ def _pad(x: np.ndarray, axis: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
 class SAMURAIONNXPredictor:
     """The user guide's API: ``SAMURAIONNXPredictor(model_dir, device).track_video(path, box)``.
 
-    A thin layer over ``Tracker``; ``track_video`` is a generator of ``FrameResult``.
+    ``model_dir`` is a bundle directory (made by ``samurai-compile``); it is loaded and verified
+    here, so a bad bundle fails at construction with a ``BundleError``. ``device`` is ``cpu``,
+    ``cuda`` or ``tensorrt``; other keyword arguments (``threads``, ``fill_hole_area``,
+    ``overrides``, ``num_frames``) go to :class:`Tracker`. Example::
+
+        predictor = SAMURAIONNXPredictor("bundles/base_plus-cpu", device="cpu")
+        for result in predictor.track_video("clip.mp4", (450, 380, 250, 165)):
+            obj = result.objects[0]
+            print(result.index, obj.box if obj.present else None)
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", **kwargs: Any) -> None:
         self.model_dir = Path(model_dir)
         self.device = device
-        self.kwargs = kwargs
+        self.tracker = Tracker(self.model_dir, device=device, **kwargs)
 
     def track_video(
-        self, video_path: str | Path | Iterable[np.ndarray], bbox: Sequence[float]
+        self,
+        video_path: Source,
+        bbox: Sequence[float] | Sequence[Sequence[float]],
+        *,
+        max_frames: int | None = None,
     ) -> Iterator[FrameResult]:
-        tracker = Tracker(self.model_dir, device=self.device, **self.kwargs)
-        yield from tracker.track(video_path, bbox)  # type: ignore[arg-type]
+        """Generator of one :class:`FrameResult` per frame of ``video_path``.
+
+        ``video_path`` is a video file, a folder of .jpg/.png frames, a webcam index or an
+        iterable of RGB uint8 frames; ``bbox`` is ``(x, y, w, h)`` in pixels of the first frame,
+        or a list of such boxes for several objects. Frames are decoded and tracked one at a
+        time as the generator is consumed; each call starts a new track.
+        """
+        yield from self.tracker.track(video_path, bbox, max_frames=max_frames)

@@ -130,6 +130,11 @@ def _open_capture(target: str | int, what: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(target)
     if not cap.isOpened():
         cap.release()
+        if isinstance(target, int):
+            raise VideoError(
+                f"cannot open {what}; check that the camera is connected and not in use by "
+                "another program, or pass a video file or a folder of frames instead"
+            )
         raise VideoError(
             f"cannot open {what} (missing device, empty or corrupt file, or unsupported codec); "
             "check it or re-encode it with ffmpeg -i IN -c:v libx264 OUT.mp4"
@@ -137,8 +142,7 @@ def _open_capture(target: str | int, what: str) -> cv2.VideoCapture:
     return cap
 
 
-def _capture_frames(cap: cv2.VideoCapture, first: np.ndarray | None = None
-                    ) -> Iterator[np.ndarray]:
+def _capture_frames(cap: cv2.VideoCapture, first: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Decode until the stream ends, converting OpenCV's BGR to RGB; always releases ``cap``."""
     try:
         bgr = first
@@ -172,8 +176,12 @@ def _open_video_file(path: Path) -> FrameSource:
             c.release()
 
     return FrameSource(
-        frames, what, fps=fps if fps > 0 else None, frame_count=count if count > 0 else None,
-        size=(first.shape[1], first.shape[0]), on_close=close,
+        frames,
+        what,
+        fps=fps if fps > 0 else None,
+        frame_count=count if count > 0 else None,
+        size=(first.shape[1], first.shape[0]),
+        on_close=close,
     )
 
 
@@ -204,8 +212,13 @@ def _open_folder(folder: Path) -> FrameSource:
 def _open_webcam(index: int) -> FrameSource:
     cap = _open_capture(index, f"webcam {index}")
     fps = float(cap.get(cv2.CAP_PROP_FPS))
-    return FrameSource(lambda: _capture_frames(cap), f"webcam {index}",
-                       fps=fps if fps > 0 else None, on_close=cap.release, reiterable=False)
+    return FrameSource(
+        lambda: _capture_frames(cap),
+        f"webcam {index}",
+        fps=fps if fps > 0 else None,
+        on_close=cap.release,
+        reiterable=False,
+    )
 
 
 def _from_iterable(frames_in: Iterable[np.ndarray]) -> FrameSource:
@@ -218,12 +231,21 @@ def _from_iterable(frames_in: Iterable[np.ndarray]) -> FrameSource:
             yield frame
 
     count = len(frames_in) if isinstance(frames_in, Sized) else None
-    return FrameSource(frames, "the frame iterable", frame_count=count,
-                       reiterable=not isinstance(frames_in, Iterator))
+    return FrameSource(
+        frames,
+        "the frame iterable",
+        frame_count=count,
+        reiterable=not isinstance(frames_in, Iterator),
+    )
 
 
 def open_frames(source: Source) -> FrameSource:
-    """Open a video file, a frame folder, a webcam index, or an iterable of RGB uint8 frames."""
+    """Open a video file, a frame folder, a webcam index, or an iterable of RGB uint8 frames.
+
+    An already open :class:`FrameSource` is returned as it is.
+    """
+    if isinstance(source, FrameSource):
+        return source
     index = webcam_index(source)
     if index is not None:
         return _open_webcam(index)
@@ -286,7 +308,9 @@ class BoxWriter(_Writer):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], num_objects: int,
+        self,
+        path: str | os.PathLike[str],
+        num_objects: int,
         obj_ids: Sequence[int] | None = None,
     ) -> None:
         path = Path(path)
@@ -294,7 +318,8 @@ class BoxWriter(_Writer):
         if len(self.obj_ids) != num_objects:
             raise ValueError(f"obj_ids has {len(self.obj_ids)} ids for {num_objects} objects")
         self.paths = (
-            [path] if num_objects == 1
+            [path]
+            if num_objects == 1
             else [path.with_name(f"{path.stem}_obj{k}{path.suffix}") for k in self.obj_ids]
         )
         self._files: list[IO[str]] = []
@@ -325,7 +350,9 @@ class MaskWriter(_Writer):
     """Binary 0/255 PNG per frame and object: ``<dir>/obj<k>/<frame:06d>.png``."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], num_objects: int,
+        self,
+        directory: str | os.PathLike[str],
+        num_objects: int,
         obj_ids: Sequence[int] | None = None,
     ) -> None:
         self.directory = Path(directory)
@@ -335,8 +362,10 @@ class MaskWriter(_Writer):
 
     def write(self, frame_idx: int, frame_rgb: np.ndarray | None, results: Results) -> None:
         by_id = _by_id(results)
-        shape = frame_rgb.shape[:2] if frame_rgb is not None else (
-            np.shape(results[0].mask) if results else None
+        shape = (
+            frame_rgb.shape[:2]
+            if frame_rgb is not None
+            else (np.shape(results[0].mask) if results else None)
         )
         for k in self.obj_ids:
             r = by_id.get(k)
@@ -382,12 +411,21 @@ class JsonlWriter(_Writer):
         self._file.close()
 
 
-_PALETTE = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255),
-            (0, 220, 220), (255, 128, 0), (160, 160, 160)]
+_PALETTE = [
+    (255, 64, 64),
+    (64, 200, 64),
+    (64, 128, 255),
+    (255, 200, 0),
+    (200, 64, 255),
+    (0, 220, 220),
+    (255, 128, 0),
+    (160, 160, 160),
+]
 
 
-def draw_results(frame_rgb: np.ndarray, results: Sequence[ObjectResult], alpha: float = 0.45
-                 ) -> np.ndarray:
+def draw_results(
+    frame_rgb: np.ndarray, results: Sequence[ObjectResult], alpha: float = 0.45
+) -> np.ndarray:
     """A copy of the frame with each present object's mask tinted and its box labelled."""
     out = frame_rgb.copy()
     for r in results:
@@ -401,8 +439,16 @@ def draw_results(frame_rgb: np.ndarray, results: Sequence[ObjectResult], alpha: 
         if r.box is not None:
             x, y, w, h = (int(v) for v in r.box)
             cv2.rectangle(out, (x, y), (x + w, y + h), color, 2)
-            cv2.putText(out, f"obj {r.obj_id}", (x, max(y - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.5, color, 1, cv2.LINE_AA)
+            cv2.putText(
+                out,
+                f"obj {r.obj_id}",
+                (x, max(y - 5, 12)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5,
+                color,
+                1,
+                cv2.LINE_AA,
+            )
     return out
 
 
