@@ -369,3 +369,24 @@ def test_onnx_inference_script(tiny_bundle: Path, tmp_path: Path) -> None:
     assert count_frames(tmp_path / "walk_out.mp4") == (2, (W, H))
     assert len(read_boxes(tmp_path / "walk_boxes.txt")) == 2
     assert "walk_boxes.txt" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (REPO.parent / "shared" / "videos" / "cups.mp4").is_file(), reason="../shared/videos is absent"
+)
+def test_cups_two_boxes_all_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The shared clip with its two documented boxes (red cup, yellow ball): all four outputs."""
+    n = 3
+    out = tmp_path / "cups"
+    proc = run_cli(
+        tiny_bundle, REPO.parent / "shared" / "videos" / "cups.mp4",
+        "--bbox", "574,294,162,246", "--bbox", "364,424,74,76", "--max-frames", str(n),
+        "--output-video", out / "cups.mp4", "--boxes-out", out / "boxes.txt",
+        "--masks-dir", out / "masks", "--jsonl", out / "cups.jsonl",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [len(read_boxes(out / f"boxes_obj{k}.txt")) for k in (0, 1)] == [n, n]
+    assert len((out / "cups.jsonl").read_text().splitlines()) == n
+    assert all(len(list((out / "masks" / f"obj{k}").iterdir())) == n for k in (0, 1))
+    assert count_frames(out / "cups.mp4") == (n, (1280, 720))
