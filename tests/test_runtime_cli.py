@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import SHARED_VIDEOS
 from typer.testing import CliRunner
 
 from samurai_onnx.runtime import cli
@@ -372,15 +373,13 @@ def test_onnx_inference_script(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (REPO.parent / "shared" / "videos" / "cups.mp4").is_file(), reason="../shared/videos is absent"
-)
+@pytest.mark.skipif(not (SHARED_VIDEOS / "cups.mp4").is_file(), reason="../shared/videos is absent")
 def test_cups_two_boxes_all_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
     """The shared clip with its two documented boxes (red cup, yellow ball): all four outputs."""
     n = 3
     out = tmp_path / "cups"
     proc = run_cli(
-        tiny_bundle, REPO.parent / "shared" / "videos" / "cups.mp4",
+        tiny_bundle, SHARED_VIDEOS / "cups.mp4",
         "--bbox", "574,294,162,246", "--bbox", "364,424,74,76", "--max-frames", str(n),
         "--output-video", out / "cups.mp4", "--boxes-out", out / "boxes.txt",
         "--masks-dir", out / "masks", "--jsonl", out / "cups.jsonl",
