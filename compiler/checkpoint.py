@@ -8,7 +8,6 @@ turned into a one-line ``CheckpointError`` that says what to do.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from samurai_onnx.compiler.manifest import CheckpointSpec, ModelManifest
+from samurai_onnx.runtime.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,8 @@ def cache_dir() -> Path:
     return Path(root) / "checkpoints"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# One sha256 helper for checkpoints and bundle files (the runtime's, which the compiler may import).
+sha256_of = sha256_file
 
 
 def verify_sha256(path: Path, spec: CheckpointSpec) -> str:
