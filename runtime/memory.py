@@ -80,7 +80,8 @@ class MemoryBank:
     pointer_ring: deque[MemoryEntry] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
-        self.valid = deque(self.valid, maxlen=self.num_maskmem - 1)
+        # SAMURAI stops scanning after max_obj_ptrs - 1 valid frames, so no more can be chosen.
+        self.valid = deque(self.valid, maxlen=min(self.num_maskmem, self.max_obj_ptrs) - 1)
         self.pointer_ring = deque(self.pointer_ring, maxlen=self.max_obj_ptrs - 1)
 
     def is_valid(self, entry: MemoryEntry) -> bool:

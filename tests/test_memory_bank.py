@@ -167,10 +167,6 @@ def test_selection_matches_samurai(num_frames: int | None, p_valid: float, seed:
 # SAMURAI stops scanning after max_obj_ptrs-1 valid frames, so with num_maskmem > max_obj_ptrs
 # (no released config) it attends to at most max_obj_ptrs-1 valid frames; the bank's valid ring
 # would need maxlen=min(num_maskmem-1, max_obj_ptrs-1) to match.
-_MORE_MEMORIES_THAN_POINTERS = pytest.mark.xfail(
-    reason="MemoryBank.valid holds num_maskmem-1 frames, SAMURAI max_obj_ptrs-1 when fewer",
-    strict=False,
-)
 
 
 @pytest.mark.parametrize(
@@ -179,8 +175,8 @@ _MORE_MEMORIES_THAN_POINTERS = pytest.mark.xfail(
         (3, 4),
         (2, 2),
         (7, 32),
-        pytest.param(9, 8, marks=_MORE_MEMORIES_THAN_POINTERS),
-        pytest.param(12, 3, marks=_MORE_MEMORIES_THAN_POINTERS),
+        (9, 8),
+        (12, 3),
     ],
 )
 def test_selection_matches_samurai_other_sizes(num_maskmem: int, max_obj_ptrs: int) -> None:
