@@ -51,14 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_reference:
         cli.append("--no-reference")
     try:
-        app(cli, prog_name="benchmark_onnx.py", standalone_mode=False)
+        app(cli, prog_name="benchmark_onnx.py")  # standalone mode: always ends in SystemExit
     except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception as exc:
-        code = getattr(exc, "exit_code", None)
-        if code is not None:
-            return int(code)
-        raise
     return 0
 
 

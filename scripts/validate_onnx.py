@@ -62,14 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         cli += ["--json", args.json]
     try:
-        app(cli, prog_name="validate_onnx.py", standalone_mode=False)
+        app(cli, prog_name="validate_onnx.py")  # standalone mode: always ends in SystemExit
     except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception as exc:  # typer raises click's Exit in non-standalone mode
-        code = getattr(exc, "exit_code", None)
-        if code is not None:
-            return int(code)
-        raise
     return 0
 
 
