@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samurai_onnx.compiler.modeling.memory_attention import fold_value_projections
 from samurai_onnx.compiler.modeling.position_encoding import get_1d_sine_pe
 from samurai_onnx.compiler.modeling.sam2 import SAM2Model
 from samurai_onnx.runtime.bundle import GRAPH_IO, TrackerSettings
@@ -164,6 +165,7 @@ class MemoryAttentionGraph(nn.Module):
     def __init__(self, model: SAM2Model) -> None:
         super().__init__()
         self.memory_attention = model.memory_attention
+        fold_value_projections(self.memory_attention)
         self.maskmem_tpos_enc = model.maskmem_tpos_enc
         self.obj_ptr_tpos_proj = model.obj_ptr_tpos_proj
         self.d_model = model.cfg.d_model

@@ -15,6 +15,7 @@ from samurai_onnx.compiler.modeling.config import SAM2Config
 from samurai_onnx.compiler.modeling.memory_attention import (
     MemoryAttention,
     build_memory_attention,
+    fold_value_projections,
     memory_key_mask,
 )
 from samurai_onnx.compiler.modeling.memory_encoder import MemoryEncoder, build_memory_encoder
@@ -167,6 +168,32 @@ def test_masked_sdpa_lowering_equals_matmul() -> None:
         out = ma(*padded, key_mask=mask)
     err = _max_err(out, ref)
     assert err <= 1e-5, f"sdpa padded vs matmul unpadded: max abs error {err:.3g}"
+
+
+@requires_oracle
+@pytest.mark.parametrize("lowering", ["matmul", "ort_mha"])
+def test_folded_value_projection_matches_oracle(
+    tiny_oracle: Any, tiny_checkpoint: Path, lowering: str
+) -> None:
+    """Attending over the raw 64-channel memories and folding out_proj . v_proj (what the
+    exported graphs do) gives the oracle's numbers, padded with the mask or not."""
+    ma = _load(_small_grid_ma(16), tiny_checkpoint, "memory_attention.")
+    fold_value_projections(ma)
+    set_attention_lowering(ma, lowering)
+    inputs = _ma_inputs(3, 8, hw=16 * 16, seed=11)
+    padded, mask = _pad(inputs, max_frames=7, max_ptr=64, hw=16 * 16)
+    with torch.no_grad():
+        ref = _oracle_ma(tiny_oracle, inputs)
+        out = ma(*inputs)
+        out_padded = ma(*padded, key_mask=mask)
+    assert ma.layers[0].cross_attn_image.fold_values
+    assert _max_err(out, ref) <= 1e-4, f"folded ({lowering}): {_max_err(out, ref):.3g}"
+    assert _max_err(out_padded, ref) <= 1e-4, f"folded+mask: {_max_err(out_padded, ref):.3g}"
+    fold_value_projections(ma, False)
+    with torch.no_grad():
+        unfolded = ma(*inputs)
+    # A different order of operations: not bit-identical, but far inside fp32 tolerance.
+    assert _max_err(out, unfolded) <= 1e-5
 
 
 def test_rope_tables_are_not_state_dict_keys() -> None:

@@ -89,10 +89,10 @@ def attention(
     if lowering == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if lowering == "ort_mha" and mask is None:
-        b, h, nq, d = q.shape
-        packed = [t.transpose(1, 2).reshape(b, t.shape[2], h * d) for t in (q, k, v)]
+        b, h, nq, _ = q.shape
+        packed = [t.transpose(1, 2).reshape(b, t.shape[2], h * t.shape[3]) for t in (q, k, v)]
         out = _ort_mha(packed[0], packed[1], packed[2], h)
-        return out.reshape(b, nq, h, d).transpose(1, 2)
+        return out.reshape(b, nq, h, v.shape[3]).transpose(1, 2)
     if lowering == "ort_mha":
         lowering = "matmul"  # the fused op takes no additive mask here
     if lowering != "matmul":
@@ -113,20 +113,23 @@ def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 @torch.library.custom_op("samurai_onnx::multi_head_attention", mutates_args=())
 def _ort_mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Packed ``[B, N, H*D]`` attention; exported as ``com.microsoft.MultiHeadAttention``."""
-    b, nq, hd = q.shape
-    d = hd // num_heads
+    """Packed ``[B, N, H*D]`` attention; exported as ``com.microsoft.MultiHeadAttention``.
+
+    The values may be narrower than the queries/keys (``[B, Nk, H*Dv]``, as the op allows): the
+    memory cross-attention attends over raw 64-channel memories (see ``RoPEAttention``).
+    """
+    b, nq, _ = q.shape
 
     def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(b, t.shape[1], num_heads, d).transpose(1, 2)
+        return t.reshape(b, t.shape[1], num_heads, t.shape[2] // num_heads).transpose(1, 2)
 
     out = _matmul_attention(heads(q), heads(k), heads(v))
-    return out.transpose(1, 2).reshape(b, nq, hd).contiguous()
+    return out.transpose(1, 2).reshape(b, nq, v.shape[2]).contiguous()
 
 
 @_ort_mha.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
-    return torch.empty_like(q)
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
 
 
 def _ort_mha_symbolic(g: Any, q: Any, k: Any, v: Any, num_heads: Any) -> Any:
@@ -134,7 +137,9 @@ def _ort_mha_symbolic(g: Any, q: Any, k: Any, v: Any, num_heads: Any) -> Any:
 
     heads = symbolic_helper._maybe_get_const(num_heads, "i")
     out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=int(heads))
-    out.setType(q.type())
+    q_sizes, v_sizes = q.type().varyingSizes(), v.type().varyingSizes()
+    if q_sizes and v_sizes and len(q_sizes) == 3 and len(v_sizes) == 3:
+        out.setType(q.type().with_sizes([q_sizes[0], q_sizes[1], v_sizes[2]]))
     return out
 
 

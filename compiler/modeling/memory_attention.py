@@ -66,6 +66,8 @@ class RoPEAttention(Attention):
             kv_in_dim=kv_in_dim,
         )
         self.rope_k_repeat = rope_k_repeat
+        # Set by the export wrappers (``fold_value_projections``); see ``forward``.
+        self.fold_values = False
         self.tokens_per_grid = feat_size * feat_size
         cos, sin = axial_rope_tables(
             dim=self.internal_dim // num_heads, end_x=feat_size, end_y=feat_size, theta=rope_theta
@@ -101,13 +103,21 @@ class RoPEAttention(Attention):
         """
         q = apply_rope(self.separate_heads(self.q_proj(q)), self.rope_cos, self.rope_sin)
         k = self._rope_keys(self.separate_heads(self.k_proj(k)))
-        v = self.separate_heads(self.v_proj(v))
         if k_no_rope is not None:
             if v_no_rope is None:
                 raise ValueError("k_no_rope needs v_no_rope")
             k = torch.cat([k, self.separate_heads(self.k_proj(k_no_rope))], dim=2)
-            v = torch.cat([v, self.separate_heads(self.v_proj(v_no_rope))], dim=2)
-        out = attention(q, k, v, mask=mask, lowering=self.lowering)
+            v = torch.cat([v, v_no_rope], dim=1)
+        if self.fold_values and self.num_heads == 1 and self.kv_in_dim < self.internal_dim:
+            # softmax(s) @ (v Wv^T + bv) == (softmax(s) @ v) Wv^T + bv, since every softmax row
+            # sums to 1 (masked keys get weight 0). Attending over the raw kv_in_dim-channel
+            # memories (64 instead of 256 for SAM 2.1) makes the value half of the largest
+            # matmul of the model 4x smaller; out_proj . v_proj fold into one constant linear.
+            out = self.recombine_heads(attention(q, k, v[:, None], mask=mask, lowering=self.lowering))
+            weight = self.out_proj.weight @ self.v_proj.weight
+            bias = self.out_proj.weight @ self.v_proj.bias + self.out_proj.bias
+            return nn.functional.linear(out, weight, bias)
+        out = attention(q, k, self.separate_heads(self.v_proj(v)), mask=mask, lowering=self.lowering)
         return self.out_proj(self.recombine_heads(out))
 
 
@@ -241,6 +251,17 @@ class MemoryAttention(nn.Module):
         for layer in self.layers:
             output = layer(output, curr_pos, memory, memory_pos, ptr_memory, ptr_pos, key_mask)
         return self.norm(output)
+
+
+def fold_value_projections(module: nn.Module, enabled: bool = True) -> None:
+    """Let every memory cross-attention in ``module`` attend over the raw memory values.
+
+    The same numbers up to float rounding (see ``RoPEAttention.forward``); the export wrappers
+    turn it on, the modules keep the oracle's order of operations by default.
+    """
+    for sub in module.modules():
+        if isinstance(sub, RoPEAttention):
+            sub.fold_values = enabled
 
 
 def memory_key_mask(
