@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="the .pt the bundle was built from (reference side)")
     parser.add_argument("--video", help="clip for the end-to-end timing (default: synthetic)")
     parser.add_argument("--bbox", default="100,120,90,70")
-    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--json", help="write the report as JSON")
     parser.add_argument("--markdown", help="write the report as Markdown")
     parser.add_argument("--no_reference", action="store_true", help="skip the PyTorch reference")
