@@ -77,3 +77,11 @@ def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
     assert report["onnx"]["seconds_per_frame"] > 0 and report["onnx"]["peak_rss_mb"] > 100
     md = to_markdown(report)
     assert "| image_encoder | 2 |" in md and "ONNX Runtime" in md
+
+
+@pytest.mark.parametrize(("frames", "first"), [(2, 1), (9, 8), (12, 8), (16, 8), (17, 16), (40, 16)])
+def test_bench_times_the_full_bank(frames: int, first: int) -> None:
+    """Timed frames start where SAMURAI's bank is full: 7 memories (frame 7), 16 pointers (16)."""
+    from samurai_onnx.compiler.bench_cli import steady_from
+
+    assert steady_from(frames) == first
