@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -101,18 +102,39 @@ def tiny_oracle(tiny_checkpoint: Path):
     return model.eval()
 
 
+def _compiler_stamp() -> str:
+    """Hash of everything a compiled bundle depends on, so a cached bundle from older code is
+    rebuilt instead of silently tested."""
+    digest = hashlib.sha256()
+    files = sorted(
+        [*(REPO / "compiler").rglob("*.py"), *(REPO / "manifests").glob("*.yaml")]
+        + [*(REPO / "targets").glob("*.yaml"), REPO / "runtime" / "bundle.py"]
+    )
+    for f in files:
+        digest.update(f.relative_to(REPO).as_posix().encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random checkpoint compiled for the cpu target (fp32, dynamic memory)."""
+    stamp = _compiler_stamp()
+    if TEST_CACHE:
+        cached = Path(TEST_CACHE) / "tiny-cpu"
+        stamp_file = Path(TEST_CACHE) / "tiny-cpu.stamp"
+        if (cached / "bundle.yaml").is_file() and stamp_file.is_file():
+            if stamp_file.read_text() == stamp:
+                return cached
     from samurai_onnx.compiler.build import compile_bundle
 
-    if TEST_CACHE and (Path(TEST_CACHE) / "tiny-cpu" / "bundle.yaml").is_file():
-        return Path(TEST_CACHE) / "tiny-cpu"
     root = Path(TEST_CACHE) if TEST_CACHE else tmp_path_factory.mktemp("bundles")
-    out = root / "tiny-cpu"
-    return compile_bundle(
-        REPO / "manifests" / "tiny.yaml", "cpu", checkpoint=tiny_checkpoint, out_dir=out
+    out = compile_bundle(
+        REPO / "manifests" / "tiny.yaml", "cpu", checkpoint=tiny_checkpoint, out_dir=root / "tiny-cpu"
     )
+    if TEST_CACHE:
+        (root / "tiny-cpu.stamp").write_text(stamp)
+    return out
 
 
 def write_frames(frames: list[np.ndarray], folder: Path) -> Path:
