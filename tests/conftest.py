@@ -107,8 +107,12 @@ def _compiler_stamp() -> str:
     rebuilt instead of silently tested."""
     digest = hashlib.sha256()
     files = sorted(
-        [*(REPO / "compiler").rglob("*.py"), *(REPO / "manifests").glob("*.yaml")]
-        + [*(REPO / "targets").glob("*.yaml"), REPO / "runtime" / "bundle.py"]
+        [
+            *(REPO / "compiler").rglob("*.py"),
+            *(REPO / "manifests").glob("*.yaml"),
+            *(REPO / "targets").glob("*.yaml"),
+            REPO / "runtime" / "bundle.py",
+        ]
     )
     for f in files:
         digest.update(f.relative_to(REPO).as_posix().encode())
