@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from samurai_onnx.runtime.bundle import TrackerSettings
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -23,12 +27,13 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def steady_from(frames: int) -> int:
-    """First timed frame: SAMURAI's bank holds all 7 memories from frame 7 and all 16 object
-    pointers from frame 16 on; shorter runs time what they have (from frame 8, or the last)."""
-    if frames > 16:
-        return 16
-    return min(8, max(frames - 1, 1))
+def steady_from(frames: int, settings: TrackerSettings) -> int:
+    """First timed frame: SAMURAI's bank holds all ``num_maskmem`` memories from that frame on
+    and all ``max_obj_ptrs_in_encoder`` pointers from that frame on (7 and 16 for SAM 2.1);
+    shorter runs time what they have (from the frame after the memories fill, or the last)."""
+    if frames > settings.max_obj_ptrs_in_encoder:
+        return settings.max_obj_ptrs_in_encoder
+    return min(settings.num_maskmem + 1, max(frames - 1, 1))
 
 
 @app.command()
@@ -90,7 +95,7 @@ def bench(
             "repeats": repeats,
             "threads": threads,
             "size": info.model_name,
-            "steady_from": steady_from(frames),
+            "steady_from": steady_from(frames, info.tracker),
         }
         if not no_reference:
             args["checkpoint"] = str(

@@ -83,5 +83,6 @@ def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
 def test_bench_times_the_full_bank(frames: int, first: int) -> None:
     """Timed frames start where SAMURAI's bank is full: 7 memories (frame 7), 16 pointers (16)."""
     from samurai_onnx.compiler.bench_cli import steady_from
+    from samurai_onnx.runtime.bundle import TrackerSettings
 
-    assert steady_from(frames) == first
+    assert steady_from(frames, TrackerSettings()) == first
