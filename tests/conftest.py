@@ -123,21 +123,24 @@ def _compiler_stamp() -> str:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random checkpoint compiled for the cpu target (fp32, dynamic memory)."""
-    stamp = _compiler_stamp()
-    if TEST_CACHE:
-        cached = Path(TEST_CACHE) / "tiny-cpu"
-        stamp_file = Path(TEST_CACHE) / "tiny-cpu.stamp"
-        if (cached / "bundle.yaml").is_file() and stamp_file.is_file():
-            if stamp_file.read_text() == stamp:
-                return cached
-    from samurai_onnx.compiler.build import compile_bundle
 
-    root = Path(TEST_CACHE) if TEST_CACHE else tmp_path_factory.mktemp("bundles")
-    out = compile_bundle(
-        REPO / "manifests" / "tiny.yaml", "cpu", checkpoint=tiny_checkpoint, out_dir=root / "tiny-cpu"
-    )
-    if TEST_CACHE:
-        (root / "tiny-cpu.stamp").write_text(stamp)
+    def build(out_dir: Path) -> Path:
+        from samurai_onnx.compiler.build import compile_bundle  # only when a build is needed
+
+        return compile_bundle(
+            REPO / "manifests" / "tiny.yaml", "cpu", checkpoint=tiny_checkpoint, out_dir=out_dir
+        )
+
+    if not TEST_CACHE:
+        return build(tmp_path_factory.mktemp("bundles") / "tiny-cpu")
+    cached = Path(TEST_CACHE) / "tiny-cpu"
+    stamp_file = Path(TEST_CACHE) / "tiny-cpu.stamp"
+    stamp = _compiler_stamp()
+    fresh = stamp_file.is_file() and stamp_file.read_text() == stamp
+    if fresh and (cached / "bundle.yaml").is_file():
+        return cached
+    out = build(cached)
+    stamp_file.write_text(stamp)
     return out
 
 
@@ -157,15 +160,20 @@ def write_frames(frames: list[np.ndarray], folder: Path) -> Path:
 
 def synthetic_frames(n: int, width: int = 480, height: int = 360) -> list[np.ndarray]:
     """A white box moving right and down and a red disc moving left, on black: high-contrast
-    shapes on which the random-weight model gives localized masks (~5% of the frame)."""
+    shapes on which the random-weight model gives localized masks (~5% of the frame).
+
+    The shapes are laid out for a 480-pixel-wide frame and scaled by ``width / 480``.
+    """
     import cv2
 
+    s = width / 480
     frames = []
     for i in range(n):
         f = np.zeros((height, width, 3), np.uint8)
-        x, y = 100 + 8 * i, 120 + 3 * i
-        cv2.rectangle(f, (x, y), (x + 90, y + 70), (255, 255, 255), -1)
-        cv2.circle(f, (330 - 5 * i, 250), 30, (60, 60, 255), -1)
+        x, y = round((100 + 8 * i) * s), round((120 + 3 * i) * s)
+        cv2.rectangle(f, (x, y), (x + round(90 * s), y + round(70 * s)), (255, 255, 255), -1)
+        centre = (round((330 - 5 * i) * s), round(250 * s))
+        cv2.circle(f, centre, round(30 * s), (60, 60, 255), -1)
         frames.append(f)
     return frames
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import SHARED_VIDEOS
+from conftest import SHARED_VIDEOS, synthetic_frames
 from typer.testing import CliRunner
 
 from samurai_onnx.runtime import cli
@@ -34,16 +34,8 @@ BOX_B = f"{300 * S:g},{220 * S:g},{60 * S:g},{60 * S:g}"  # the red disc
 
 
 def scene(n: int, w: int = W, h: int = H) -> list[np.ndarray]:
-    """conftest.synthetic_frames scaled to w x h: a white box moving right, a red disc left."""
-    s = w / 480
-    frames = []
-    for i in range(n):
-        f = np.zeros((h, w, 3), np.uint8)
-        x, y = round((100 + 8 * i) * s), round((120 + 3 * i) * s)
-        cv2.rectangle(f, (x, y), (x + round(90 * s), y + round(70 * s)), (255, 255, 255), -1)
-        cv2.circle(f, (round((330 - 5 * i) * s), round(250 * s)), round(30 * s), (60, 60, 255), -1)
-        frames.append(f)
-    return frames
+    """The shared synthetic scene at this file's frame size."""
+    return synthetic_frames(n, w, h)
 
 
 def write_mp4(path: Path, n: int, w: int = W, h: int = H) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import synthetic_frames
 
 from samurai_onnx.runtime import (
     FrameResult,
@@ -36,17 +37,8 @@ BOX_B = (300 * SCALE, 220 * SCALE, 60 * SCALE, 60 * SCALE)  # the red disc
 
 
 def scene(n: int, w: int = W, h: int = H) -> list[np.ndarray]:
-    """conftest.synthetic_frames scaled to w x h: a white box moving right, a red disc left."""
-    s = w / 480
-    frames = []
-    for i in range(n):
-        f = np.zeros((h, w, 3), np.uint8)
-        x, y = round((100 + 8 * i) * s), round((120 + 3 * i) * s)
-        cv2.rectangle(f, (x, y), (x + round(90 * s), y + round(70 * s)), (255, 255, 255), -1)
-        centre = (round((330 - 5 * i) * s), round(250 * s))
-        cv2.circle(f, centre, round(30 * s), (60, 60, 255), -1)
-        frames.append(f)
-    return frames
+    """The shared synthetic scene at this file's frame size."""
+    return synthetic_frames(n, w, h)
 
 
 def write_video(frames: list[np.ndarray], path: Path, fourcc: str, fps: float = 10.0) -> Path:
