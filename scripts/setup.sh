@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[export,dev]"
+# The newest onnxruntime that also exists as onnxruntime-gpu, so that the compiler's passes (fp16
+# above all) are tested with what GPU users run; ORT_VERSION overrides it.
+"$PY" -m pip install -q "onnxruntime==${ORT_VERSION:-1.31.1}"
 if [ "${WITH_ORACLE:-1}" = 1 ]; then
   # The oracle (SAMURAI's own PyTorch code) for parity tests and samurai-validate, never a runtime
   # dependency. Its sdist asks for torch at build time, hence --no-build-isolation.

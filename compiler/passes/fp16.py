@@ -55,6 +55,32 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
+def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes).
+
+    Why: onnxruntime(-gpu) 1.31's converter inserts the same ``<x>_cast_to_fp32`` Cast once per
+    fp32-only consumer of ``x``, so the graph names one output twice and onnx.checker rejects it
+    (not SSA). The copies are identical, so keeping the first changes nothing; two different
+    nodes writing one name would be a real converter bug and is reported as such.
+    """
+    producers: dict[str, bytes] = {}
+    kept: list[onnx.NodeProto] = []
+    for node in graph.node:
+        blob = node.SerializeToString(deterministic=True)
+        clashes = [producers[o] for o in node.output if o in producers]
+        if clashes:
+            if all(c == blob for c in clashes) and len(clashes) == len(node.output):
+                continue
+            raise RuntimeError(
+                f"fp16 conversion wrote output {node.output[0]!r} from two different nodes"
+            )
+        producers.update(dict.fromkeys(node.output, blob))
+        kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def convert_fp16(src: Path, out: Path) -> Path:
     from onnxruntime.transformers import float16
 
@@ -64,6 +90,7 @@ def convert_fp16(src: Path, out: Path) -> Path:
         converted = float16.convert_float_to_float16(
             model, keep_io_types=True, op_block_list=FP32_OPS
         )
+    _drop_duplicate_nodes(converted.graph)
     _sort_topologically(converted.graph)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(out))
