@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from samurai_onnx.compiler.bench_cli import app
+from samurai_onnx.compiler.evaluate.bench_cli import app
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from samurai_onnx.compiler.oracle import ORACLE_CONFIGS
-from samurai_onnx.compiler.validate_cli import app
+from samurai_onnx.compiler.evaluate.oracle import ORACLE_CONFIGS
+from samurai_onnx.compiler.evaluate.validate_cli import app
 
 
 def size_of(config: str) -> str | None:

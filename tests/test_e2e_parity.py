@@ -25,7 +25,7 @@ from conftest import (
     write_frames,
 )
 
-from samurai_onnx.compiler.oracle import build_oracle, run_oracle
+from samurai_onnx.compiler.evaluate.oracle import build_oracle, run_oracle
 from samurai_onnx.runtime.preprocess import mask_to_box
 from samurai_onnx.runtime.tracker import Tracker
 from samurai_onnx.runtime.video import open_frames

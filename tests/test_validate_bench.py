@@ -19,7 +19,7 @@ pytestmark = [requires_oracle, pytest.mark.oracle, pytest.mark.slow]
 
 
 def test_validate_reports_every_graph_and_frame(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from samurai_onnx.compiler.validate import validate
+    from samurai_onnx.compiler.evaluate.validate import validate
 
     frames = write_frames(synthetic_frames(4), tmp_path / "frames")
     report = validate(tiny_bundle, frames, SYNTHETIC_BOX, checkpoint=tiny_checkpoint, frames=4)
@@ -55,7 +55,7 @@ def test_validate_cli_exit_codes(tiny_bundle: Path, tiny_checkpoint: Path, tmp_p
     other = tmp_path / "other.pt"
     other.write_bytes(tiny_checkpoint.read_bytes()[:-1] + b"x")
     bad = subprocess.run(
-        [sys.executable, "-m", "samurai_onnx.compiler.validate_cli", str(tiny_bundle), str(frames),
+        [sys.executable, "-m", "samurai_onnx.compiler.evaluate.validate_cli", str(tiny_bundle), str(frames),
          "--bbox", "100,120,90,70", "--checkpoint", str(other)],
         capture_output=True, text=True, cwd=repo, check=False,
     )
@@ -63,7 +63,7 @@ def test_validate_cli_exit_codes(tiny_bundle: Path, tiny_checkpoint: Path, tmp_p
 
 
 def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
-    from samurai_onnx.compiler.bench import benchmark, to_markdown
+    from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
 
     args = {
         "bundle": str(tiny_bundle), "device": "cpu", "batch_sizes": [1, 2], "video": None,
@@ -82,7 +82,7 @@ def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
 @pytest.mark.parametrize(("frames", "first"), [(2, 1), (9, 8), (12, 8), (16, 8), (17, 16), (40, 16)])
 def test_bench_times_the_full_bank(frames: int, first: int) -> None:
     """Timed frames start where SAMURAI's bank is full: 7 memories (frame 7), 16 pointers (16)."""
-    from samurai_onnx.compiler.bench_cli import steady_from
+    from samurai_onnx.compiler.evaluate.bench_cli import steady_from
     from samurai_onnx.runtime.bundle import TrackerSettings
 
     assert steady_from(frames, TrackerSettings()) == first

@@ -160,7 +160,7 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
     import cv2
     import torch
 
-    from samurai_onnx.compiler.oracle import build_oracle
+    from samurai_onnx.compiler.evaluate.oracle import build_oracle
 
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
@@ -228,7 +228,7 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
 
 
 def _subprocess(side: str, args: dict[str, Any]) -> SideResult:
-    cmd = [sys.executable, "-m", "samurai_onnx.compiler.bench", side, json.dumps(args)]
+    cmd = [sys.executable, "-m", "samurai_onnx.compiler.evaluate.bench", side, json.dumps(args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"

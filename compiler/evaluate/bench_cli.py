@@ -77,8 +77,8 @@ def bench(
     """Per-component latency (median, p90) per batch size, end-to-end steady-state seconds per
     frame with a full memory bank and peak RSS, for the bundle and (unless --no-reference) for
     the PyTorch reference, with the ratio; as a Markdown table and JSON."""
-    from samurai_onnx.compiler.bench import benchmark, to_markdown
-    from samurai_onnx.compiler.oracle import reference_checkpoint
+    from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
+    from samurai_onnx.compiler.evaluate.oracle import reference_checkpoint
     from samurai_onnx.runtime.bundle import BundleError, load_bundle
     from samurai_onnx.runtime.tracker import TrackerError, parse_box
 

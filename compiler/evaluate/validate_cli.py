@@ -38,8 +38,8 @@ def validate(
     """Per component: max and mean abs error vs the oracle's modules; end to end: per-frame mask
     IoU, box error and chosen-candidate agreement. Exit code 1 beyond the bundle's tolerances
     (IoU >= 0.99 and boxes within 1 px for fp32 bundles, IoU >= 0.95 otherwise)."""
-    from samurai_onnx.compiler.oracle import OracleUnavailable, reference_checkpoint
-    from samurai_onnx.compiler.validate import validate as run_validation
+    from samurai_onnx.compiler.evaluate.oracle import OracleUnavailable, reference_checkpoint
+    from samurai_onnx.compiler.evaluate.validate import validate as run_validation
     from samurai_onnx.runtime.bundle import BundleError, load_bundle
     from samurai_onnx.runtime.tracker import TrackerError, parse_box
     from samurai_onnx.runtime.video import VideoError

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samurai_onnx.compiler.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
+from samurai_onnx.compiler.evaluate.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
 from samurai_onnx.runtime.bundle import Bundle, load_bundle
 from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame
 from samurai_onnx.runtime.session import create_session
