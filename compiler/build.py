@@ -21,7 +21,7 @@ import torch
 
 from samurai_onnx.compiler import __version__
 from samurai_onnx.compiler.checkpoint import read_state_dict, resolve_checkpoint, verify_sha256
-from samurai_onnx.compiler.graphs import build_graph, example_inputs
+from samurai_onnx.compiler.graphs import build_graph, example_inputs, graph_constants
 from samurai_onnx.compiler.manifest import (
     ComponentSpec,
     ManifestError,
@@ -43,17 +43,18 @@ from samurai_onnx.compiler.passes.verify import (
     max_abs_errors,
     run_graph,
 )
+from samurai_onnx.compiler.processing import PROCESSING_GRAPHS
 from samurai_onnx.runtime.bundle import (
     COMPONENTS,
-    GRAPH_IO,
     TrackerSettings,
     sha256_file,
     write_bundle_manifest,
 )
+from samurai_onnx.runtime.contract import BATCH_AXES, MODEL_GRAPHS, contract
 
 log = logging.getLogger(__name__)
 
-_DTYPE_NAMES = {1: "float32", 7: "int64", 10: "float16", 9: "bool"}
+_DTYPE_NAMES = {1: "float32", 7: "int64", 10: "float16", 9: "bool", 2: "uint8"}
 
 
 class BuildError(RuntimeError):
@@ -87,55 +88,6 @@ def attention_lowering(spec: ComponentSpec, target: TargetManifest) -> str:
     )
 
 
-def _dynamic_axes(
-    spec: ComponentSpec, graph: str, dynamic_batch: bool
-) -> dict[str, dict[int, str]]:
-    axes = spec.dynamic_axes()
-    if graph.endswith("_static"):
-        # fixed slots: only the object axis stays dynamic
-        axes = {k: {0: v[0]} for k, v in axes.items() if 0 in v and v[0] in ("objects", "batch")}
-        for extra in ("memory_valid", "obj_ptr_valid"):
-            axes.pop(extra, None)
-    if not dynamic_batch:
-        axes = {
-            k: {i: n for i, n in v.items() if n not in ("objects", "batch")}
-            for k, v in axes.items()
-        }
-        axes = {k: v for k, v in axes.items() if v}
-    batch_name = next(
-        (v[0] for v in axes.values() if 0 in v and v[0] in ("objects", "batch")), None
-    )
-    if batch_name:
-        for out in GRAPH_IO[graph]["outputs"]:
-            axes[out] = {0: batch_name}
-    return axes
-
-
-def _check_inputs(spec: ComponentSpec, inputs: dict[str, torch.Tensor], where: str) -> None:
-    """The manifest's input dtypes and fixed sizes against the tensors the graph is traced with.
-
-    Why: the manifest's shapes only name the dynamic axes for the exporter; a fixed size that
-    disagrees with the model (``[batch, 3, 512, 512]`` for a 1024-pixel model) would otherwise
-    be silently ignored. Static graphs' extra inputs (validity masks) are not in the manifest, and
-    their slot axes are named (dynamic) there.
-    """
-    for i, item in enumerate(spec.inputs):
-        tensor = inputs[item.name]
-        at = f"{where}.inputs[{i}]"
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        if item.dtype != dtype:
-            raise ManifestError(
-                f"{at}.dtype: {item.name} is {dtype} in the graph, not {item.dtype}"
-            )
-        if len(item.shape) != tensor.ndim or any(
-            isinstance(d, int) and d != n for d, n in zip(item.shape, tensor.shape, strict=False)
-        ):
-            raise ManifestError(
-                f"{at}.shape: {list(item.shape)} does not fit {item.name} of this model, "
-                f"{list(tensor.shape)} (a string is a dynamic axis)"
-            )
-
-
 def _signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     model = onnx.load(str(path), load_external_data=False)
 
@@ -151,12 +103,52 @@ def _signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
 
 
-def _graph_name(component: str, target: TargetManifest) -> str:
-    static = component == "memory_attention" and target.memory_shape == "static"
-    return "memory_attention_static" if static else component
+@dataclass
+class BuiltGraph:
+    """What a component's build leaves: its final file and what the bundle records about it."""
+
+    final: Path
+    onnx_path: Path
+    precision: str
+    errors: dict[str, float]
+    tolerance: float
+    static: bool = False
 
 
-def _build_component(
+def _run_step(
+    name: str,
+    pass_name: str,
+    fn: Callable[[], Path],
+    check: Callable[[Path], dict[str, float]] | None,
+    tolerance: float,
+    where: str,
+    options: BuildOptions,
+    on_pass: Callable[[PassReport], None],
+) -> tuple[Path, dict[str, float]]:
+    """Run one pass, then its numeric check; failures name the component and the pass."""
+    start = time.perf_counter()
+    try:
+        path = fn()
+    except (NumericError, ManifestError):
+        raise
+    except Exception as exc:
+        log.debug("pass %s of %s failed", pass_name, name, exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BuildError(
+            f"{name}: pass '{pass_name}' failed ({type(exc).__name__}: {first[:300]}); "
+            "run samurai-compile with --verbose for the traceback"
+        ) from exc
+    errors: dict[str, float] = {}
+    if options.verify and check is not None:
+        errors = check(path)
+        check_outputs(name, pass_name, errors, tolerance, where)
+    report = PassReport(name, pass_name, time.perf_counter() - start, dict(errors), tolerance)
+    options.reports.append(report)
+    on_pass(report)
+    return path, errors
+
+
+def _build_model_graph(
     name: str,
     model: SAM2Model,
     manifest: ModelManifest,
@@ -165,54 +157,45 @@ def _build_component(
     work: Path,
     options: BuildOptions,
     on_pass: Callable[[PassReport], None],
-) -> tuple[Path, Path, str, str, dict[str, float], float]:
+) -> BuiltGraph:
     spec = manifest.components[name]
-    graph = _graph_name(name, target)
-    wrapper = build_graph(graph, model, settings)
+    static = name == "memory_attention" and target.memory_shape == "static"
+    graph = contract(name, settings.geometry, static=static)
+    if not options.dynamic_batch:
+        graph = graph.with_fixed(BATCH_AXES)
+    wrapper = build_graph(name, model, settings, static=static)
     set_attention_lowering(wrapper, attention_lowering(spec, target))
-    inputs = example_inputs(graph, settings)
+    inputs = example_inputs(
+        name, settings, static=static, objects=None if options.dynamic_batch else 1
+    )
     with torch.no_grad():
-        outs = wrapper(*(inputs[n] for n in GRAPH_IO[graph]["inputs"]))
+        outs = wrapper(*(inputs[n] for n in graph.input_names))
     outs = outs if isinstance(outs, tuple) else (outs,)
-    reference = dict(zip(GRAPH_IO[graph]["outputs"], outs, strict=True))
+    reference = dict(zip(graph.output_names, outs, strict=True))
     where = f"{manifest.path}: components.{name}.tolerance"
-    errors: dict[str, float] = {}
 
     def step(pass_name: str, precision: str, fn: Callable[[], Path]) -> Path:
-        nonlocal errors
-        start = time.perf_counter()
-        try:
-            path = fn()
-        except (NumericError, ManifestError):
-            raise
-        except Exception as exc:
-            log.debug("pass %s of %s failed", pass_name, name, exc_info=True)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise BuildError(
-                f"{name}: pass '{pass_name}' failed ({type(exc).__name__}: {first[:300]}); "
-                "run samurai-compile with --verbose for the traceback"
-            ) from exc
         tol = spec.tolerance.get(precision, 1e-4)
-        if options.verify:
-            errors = max_abs_errors(run_graph(path, inputs), reference)
-            check_outputs(name, pass_name, errors, tol, f"{where}.{precision}")
-        report = PassReport(name, pass_name, time.perf_counter() - start, dict(errors), tol)
-        options.reports.append(report)
-        on_pass(report)
+        path, errs = _run_step(
+            name,
+            pass_name,
+            fn,
+            lambda p: max_abs_errors(run_graph(p, inputs), reference),
+            tol,
+            f"{where}.{precision}",
+            options,
+            on_pass,
+        )
+        errors.clear()
+        errors.update(errs)
         return path
 
-    axes = _dynamic_axes(spec, graph, options.dynamic_batch)
+    errors: dict[str, float] = {}
     path = step(
         "export",
         "fp32",
         lambda: export_graph(
-            wrapper,
-            graph,
-            inputs,
-            axes,
-            work / f"{name}.export.onnx",
-            opset=target.opset,
-            output_shapes={k: tuple(v.shape) for k, v in reference.items()},
+            wrapper, graph, inputs, work / f"{name}.export.onnx", opset=target.opset
         ),
     )
     if options.simplify:
@@ -236,7 +219,32 @@ def _build_component(
             lambda: convert_to_ort(src, work / f"{name}.ort"),
         )
     tol = spec.tolerance.get(precision.split("+")[-1], 1e-4)
-    return path, onnx_path, graph, precision, errors, tol
+    return BuiltGraph(path, onnx_path, precision, dict(errors), tol, static)
+
+
+def _build_processing_graph(
+    name: str,
+    target: TargetManifest,
+    settings: TrackerSettings,
+    work: Path,
+    options: BuildOptions,
+    on_pass: Callable[[PassReport], None],
+) -> BuiltGraph:
+    """preprocess / postprocess: written in ONNX operators, checked against the host code."""
+    build, check, tol = PROCESSING_GRAPHS[name]
+    where = f"the {name} graph's tolerance (compiler/processing.py)"
+
+    def step(pass_name: str, fn: Callable[[], Path]) -> tuple[Path, dict[str, float]]:
+        return _run_step(
+            name, pass_name, fn, lambda p: check(p, settings), tol, where, options, on_pass
+        )
+
+    path, errors = step("build", lambda: build(settings, work / f"{name}.onnx"))
+    onnx_path = path
+    if target.format == "ort":
+        src = path
+        path, errors = step("ort-format", lambda: convert_to_ort(src, work / f"{name}.ort"))
+    return BuiltGraph(path, onnx_path, "fp32", errors, tol)
 
 
 def compile_bundle(
@@ -260,10 +268,6 @@ def compile_bundle(
             f"unknown component(s) {', '.join(unknown)}; use all or {', '.join(COMPONENTS)}"
         )
     settings = dataclasses.replace(manifest.tracker, memory_shape=target.memory_shape)
-    for name in chosen:  # manifest mistakes first, before the checkpoint is looked for
-        graph = _graph_name(name, target)
-        where = f"{manifest.path}: components.{name}"
-        _check_inputs(manifest.components[name], example_inputs(graph, settings), where)
     ckpt = resolve_checkpoint(manifest.checkpoint, checkpoint, download=options.download)
     ckpt_sha = verify_sha256(ckpt, manifest.checkpoint)
     model = load_sam2(manifest.model, read_state_dict(ckpt, manifest), source=ckpt)
@@ -276,30 +280,32 @@ def compile_bundle(
     # Everything is built in a temporary folder inside ``out`` and moved into place only when
     # every component has passed, so a failed build never leaves a bundle.yaml next to graphs
     # that do not match it.
+    report = on_pass or (lambda r: None)
     with tempfile.TemporaryDirectory(prefix=".samurai-build-", dir=out) as tmp:
         for name in chosen:
-            final, onnx_path, graph, precision, errors, tol = _build_component(
-                name,
-                model,
-                manifest,
-                target,
-                settings,
-                Path(tmp),
-                options,
-                on_pass or (lambda r: None),
-            )
-            finals[name] = final
-            ins, outs = _signature(onnx_path)
+            if name in MODEL_GRAPHS:
+                built = _build_model_graph(
+                    name, model, manifest, target, settings, Path(tmp), options, report
+                )
+            else:
+                built = _build_processing_graph(name, target, settings, Path(tmp), options, report)
+            finals[name] = built.final
+            ins, outs = _signature(built.onnx_path)
             entries[name] = {
-                "file": f"{name}{final.suffix}",
-                "sha256": sha256_file(final),
-                "graph": graph,
-                "precision": precision,
-                "attention": attention_lowering(manifest.components[name], target),
+                "file": f"{name}{built.final.suffix}",
+                "sha256": sha256_file(built.final),
+                "static": built.static,
+                "precision": built.precision,
+                "attention": (
+                    attention_lowering(manifest.components[name], target)
+                    if name in MODEL_GRAPHS
+                    else "none"
+                ),
                 "inputs": ins,
                 "outputs": outs,
-                "max_abs_error": {k: float(f"{v:.4g}") for k, v in errors.items()},
-                "tolerance": tol,
+                "constants": graph_constants(name, settings),
+                "max_abs_error": {k: float(f"{v:.4g}") for k, v in built.errors.items()},
+                "tolerance": built.tolerance,
             }
         for name, final in finals.items():
             shutil.move(final, out / entries[name]["file"])
@@ -318,6 +324,9 @@ def compile_bundle(
                 "opset": target.opset,
                 "format": target.format,
                 "memory_shape": target.memory_shape,
+                "processing": target.processing,
+                "engine": target.engine,
+                "engine_options": target.engine_options,
             },
             "tracker": settings.to_dict(),
             "components": entries,

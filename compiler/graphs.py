@@ -1,20 +1,24 @@
-"""The four export wrappers: where SAM 2.1 is cut into graphs, and SAMURAI's control flow as math.
+"""The model graphs: where SAM 2.1 is cut, and SAMURAI's control flow written as arithmetic.
 
 Each wrapper is a small ``nn.Module`` over ``SAM2Model`` whose ``forward`` takes and returns
-exactly the tensors of ``runtime.bundle.GRAPH_IO[name]`` (the names are defined there, once). The
-branches of ``SAM2Base`` that depend on data are rewritten as arithmetic, in the way of
+exactly the tensors of the graph's contract (``runtime/contract.py``, the one definition of every
+graph's I/O). Data-dependent branches of ``SAM2Base`` become arithmetic, in the way of
 segment-anything's ``utils/onnx.py``:
 
 - "is the object present" (``object_score_logits > min_obj_score_logits``) selects masks and
-  pointers with ``torch.where`` / blends, instead of Python ``if``;
-- the first frame's ``directly_add_no_mem_embed`` is a 0/1 input ``add_no_mem_embed``;
-- binarizing the prompted frame's mask for the memory encoder is a 0/1 input ``binarize``;
-- the boxes of every candidate mask (needed by SAMURAI's Kalman scoring) come from ArgMax over
-  row/column occupancy of the upsampled mask, not from ``argwhere``.
+  pointers with ``torch.where`` / blends instead of Python ``if``;
+- the prompted frame's ``directly_add_no_mem_embed`` is a per-object 0/1 input;
+- binarizing the prompted frame's mask for the memory encoder is a per-object 0/1 input;
+- the boxes of every candidate mask (SAMURAI's Kalman scoring needs them) come from ArgMax over
+  row/column occupancy of the upsampled mask, not from ``argwhere``;
+- the choice among candidates, made by the runtime from the downloaded scores, comes back as an
+  index, and the memory encoder gathers the chosen mask and pointer itself, so masks and pointers
+  never leave the device.
 
-The static memory-attention wrapper pads to fixed slot counts and masks the empty slots in the
-attention softmax, which gives the same numbers as the dynamic graph (zero padding would not:
-zero keys still take softmax weight).
+Memories and object pointers live in two pools on the device (``[slots, ...]``); memory
+attention gathers each object's memories and pointers by index, the memory encoder scatters the
+new ones in and returns the updated pools. Memory features are rounded to bfloat16 in the graph,
+as the oracle stores them.
 """
 
 from __future__ import annotations
@@ -22,17 +26,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samurai_onnx.compiler.modeling.memory_attention import fold_value_projections
+from samurai_onnx.compiler.modeling.memory_attention import MASKED, fold_value_projections
 from samurai_onnx.compiler.modeling.position_encoding import get_1d_sine_pe
 from samurai_onnx.compiler.modeling.sam2 import SAM2Model
-from samurai_onnx.runtime.bundle import GRAPH_IO, TrackerSettings
+from samurai_onnx.runtime.bundle import TrackerSettings
+from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract, example_feeds
 
 NO_OBJ_SCORE = -1024.0
-MASKED_KEY = -1.0e4  # additive attention mask for empty slots: exp(-1e4) == 0 in fp32 and fp16
 
 
 class ImageEncoderGraph(nn.Module):
@@ -69,11 +74,12 @@ def candidate_boxes(masks: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class MaskDecoderGraph(nn.Module):
-    """Prompt encoder + mask decoder with all four candidates, pointers and boxes.
+    """Prompt encoder + mask decoder for a batch of objects, all four candidates out.
 
-    Outputs every candidate (token 0 = single-mask output, 1..3 = multimask outputs) so that the
-    choice among them (SAM 2's stability fallback on the prompted frame, SAMURAI's Kalman-weighted
-    choice while tracking) is made by the tracker, outside the graph.
+    ``image_embed`` has one entry per object (memory-conditioned features) or one for all (the
+    frame's own features on a prompted frame, broadcast). The choice among the candidates (SAM 2's
+    stability fallback on a prompted frame, SAMURAI's Kalman-weighted choice while tracking) is
+    the runtime's.
     """
 
     def __init__(self, model: SAM2Model, settings: TrackerSettings) -> None:
@@ -99,7 +105,7 @@ class MaskDecoderGraph(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         no_mem = self.no_mem_embed.reshape(1, -1, 1, 1)
-        embed = image_embed + add_no_mem_embed.reshape(1, 1, 1, 1) * no_mem
+        embed = image_embed + add_no_mem_embed.reshape(-1, 1, 1, 1) * no_mem  # [B, C, H, W]
         sparse, dense = self.prompt_encoder(point_coords, point_labels, mask_input, has_mask_input)
         masks, iou, tokens, score = self.mask_decoder(
             embed,
@@ -126,43 +132,72 @@ class MaskDecoderGraph(nn.Module):
 
 
 class MemoryEncoderGraph(nn.Module):
-    """Memory of one frame from its features and chosen low-res mask (upsampled in the graph)."""
+    """Each object's chosen mask and pointer -> its memory, written into the pools.
 
-    def __init__(self, model: SAM2Model) -> None:
+    The chosen candidate's low-res mask is upsampled, binarized (prompted frames) or squashed
+    with a sigmoid, and fused with the frame's features; an absent object gets the no-object
+    embedding. The memory (rounded to bfloat16 when ``memory_bf16``) and the chosen pointer go
+    to the objects' slots of the pools; the pools come back whole.
+    """
+
+    def __init__(self, model: SAM2Model, settings: TrackerSettings) -> None:
         super().__init__()
         self.memory_encoder = model.memory_encoder
         self.no_obj_embed_spatial = model.no_obj_embed_spatial
         self.scale = float(model.cfg.sigmoid_scale_for_mem_enc)
         self.bias = float(model.cfg.sigmoid_bias_for_mem_enc)
         self.image_size = int(model.cfg.image_size)
+        self.bf16 = bool(settings.memory_bf16)
 
     def forward(
         self,
         vision_features: torch.Tensor,
-        mask_logits: torch.Tensor,
+        masks: torch.Tensor,
+        candidate: torch.Tensor,
         object_score_logits: torch.Tensor,
         binarize: torch.Tensor,
+        obj_ptr: torch.Tensor,
+        ptr_candidate: torch.Tensor,
+        memory_pool: torch.Tensor,
+        memory_slot: torch.Tensor,
+        ptr_pool: torch.Tensor,
+        ptr_slot: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, low = candidate.shape[0], masks.shape[-1]
+        pick = candidate.reshape(-1, 1, 1, 1).expand(b, 1, low, low)
+        mask_logits = torch.gather(masks, 1, pick)  # [B, 1, L, L]
         size = (self.image_size, self.image_size)
         high = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
-        b = binarize.reshape(1, 1, 1, 1)
-        mask = b * (high > 0).to(torch.float32) + (1 - b) * torch.sigmoid(high)
+        bz = binarize.reshape(-1, 1, 1, 1)
+        mask = bz * (high > 0).to(torch.float32) + (1 - bz) * torch.sigmoid(high)
         mask = mask * self.scale + self.bias
-        features, pos = self.memory_encoder(vision_features, mask)
+        # The frame's features have batch 1: the 1x1 projection runs once, then broadcasts.
+        features, _ = self.memory_encoder(vision_features, mask)
         absent = 1 - (object_score_logits > 0).to(torch.float32)  # [B, 1]
         features = features + absent[:, :, None, None] * self.no_obj_embed_spatial[:, :, None, None]
-        return features, pos
+        if self.bf16:
+            features = features.to(torch.bfloat16).to(torch.float32)
+        c = obj_ptr.shape[-1]
+        ptr = torch.gather(obj_ptr, 1, ptr_candidate.reshape(-1, 1, 1).expand(b, 1, c))[:, 0]
+        memory_out = memory_pool.index_put((memory_slot,), features)
+        ptr_out = ptr_pool.index_put((ptr_slot,), ptr)
+        return memory_out, ptr_out
 
 
 class MemoryAttentionGraph(nn.Module):
-    """Current features conditioned on N memory frames and P object pointers (dynamic N, P).
+    """The frame's features conditioned, per object, on memories and pointers from the pools.
 
-    Temporal encodings are added inside the graph (``memory_tpos_index`` picks rows of
-    ``maskmem_tpos_enc``; ``obj_ptr_offsets`` are SAMURAI's signed frame distances divided by
-    ``max_obj_ptrs - 1``), so the runtime holds no weights.
+    ``memory_index`` / ``ptr_index`` pick each object's memories and pointers (in SAM 2's order:
+    conditioning frame first); ``memory_tpos_index`` picks rows of ``maskmem_tpos_enc`` and
+    ``ptr_offsets`` are SAMURAI's signed frame distances divided by ``max_obj_ptrs - 1``. The
+    memories' spatial position encoding depends on nothing but the grid, so it is a constant of
+    this graph. The static variant takes fixed slot counts and masks the empty slots in the
+    attention softmax, which gives the dynamic graph's numbers (masked keys weigh exactly 0).
     """
 
-    def __init__(self, model: SAM2Model) -> None:
+    maskmem_pos: torch.Tensor
+
+    def __init__(self, model: SAM2Model, *, static: bool = False) -> None:
         super().__init__()
         self.memory_attention = model.memory_attention
         fold_value_projections(self.memory_attention)
@@ -170,170 +205,111 @@ class MemoryAttentionGraph(nn.Module):
         self.obj_ptr_tpos_proj = model.obj_ptr_tpos_proj
         self.d_model = model.cfg.d_model
         self.mem_dim = model.cfg.mem_dim
-        self.split = model.cfg.ptr_tokens_per_frame
+        self.split = model.cfg.d_model // model.cfg.mem_dim
+        self.static = static
+        f = model.cfg.feat_size
+        with torch.no_grad():
+            pos = model.memory_encoder.position_encoding(torch.zeros(1, self.mem_dim, f, f))
+        self.register_buffer("maskmem_pos", pos.flatten(2).transpose(1, 2), persistent=False)
 
-    def _tokens(
-        self,
-        vision_features: torch.Tensor,
-        vision_pos_enc: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos_enc: torch.Tensor,
-        memory_tpos_index: torch.Tensor,
-        obj_ptrs: torch.Tensor,
-        obj_ptr_offsets: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        b, c = vision_features.shape[0], vision_features.shape[1]
-        curr = vision_features.flatten(2).transpose(1, 2)
-        curr_pos = vision_pos_enc.flatten(2).transpose(1, 2)
-        # [B, N, C_mem, H, W] -> [B, N * HW, C_mem], frame-major like SAM 2's concatenation.
-        mem = memory.flatten(3).transpose(2, 3)
-        tpos = self.maskmem_tpos_enc.reshape(-1, self.mem_dim)[memory_tpos_index]  # [N, C_mem]
-        mem_pos = memory_pos_enc.flatten(3).transpose(2, 3) + tpos[None, :, None, :]
-        mem = mem.reshape(b, -1, self.mem_dim)
-        mem_pos = mem_pos.reshape(b, -1, self.mem_dim)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.static:
+            (vf, vpos, pool, index, tpos_index, valid, ptr_pool, ptr_index, offsets, ptr_valid) = (
+                inputs
+            )
+        else:
+            vf, vpos, pool, index, tpos_index, ptr_pool, ptr_index, offsets = inputs
+        b, c, m = index.shape[0], self.d_model, self.mem_dim
+        curr = vf.flatten(2).transpose(1, 2)  # [1, HW, C]: the frame, shared by all objects
+        curr_pos = vpos.flatten(2).transpose(1, 2)
+        memory = pool[index]  # [B, N, C_mem, H, W]
+        mem = memory.flatten(3).transpose(2, 3)  # [B, N, HW, C_mem], frame-major like SAM 2
+        tpos = self.maskmem_tpos_enc.reshape(-1, m)[tpos_index]  # [B, N, C_mem]
+        mem_pos = self.maskmem_pos.unsqueeze(0) + tpos.unsqueeze(2)  # [B, N, HW, C_mem]
+        mem = mem.reshape(b, -1, m)
+        mem_pos = mem_pos.reshape(b, -1, m)
         # A pointer of width C is split into C // C_mem tokens that share its temporal encoding.
-        ptr = obj_ptrs.reshape(b, -1, self.mem_dim)
-        ptr_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(obj_ptr_offsets, dim=c))  # [P, C_mem]
-        ptr_pos = ptr_pos.unsqueeze(1).expand(-1, self.split, -1).reshape(1, -1, self.mem_dim)
-        ptr_pos = ptr_pos.expand(b, -1, -1)
-        return curr, curr_pos, mem, mem_pos, ptr, ptr_pos
-
-    def _run(self, tokens: tuple[torch.Tensor, ...], shape: torch.Size, mask: Any) -> torch.Tensor:
-        out = self.memory_attention(*tokens, key_mask=mask)
-        return out.transpose(1, 2).reshape(shape)
-
-    def forward(
-        self,
-        vision_features: torch.Tensor,
-        vision_pos_enc: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos_enc: torch.Tensor,
-        memory_tpos_index: torch.Tensor,
-        obj_ptrs: torch.Tensor,
-        obj_ptr_offsets: torch.Tensor,
-    ) -> torch.Tensor:
-        tokens = self._tokens(
-            vision_features,
-            vision_pos_enc,
-            memory,
-            memory_pos_enc,
-            memory_tpos_index,
-            obj_ptrs,
-            obj_ptr_offsets,
-        )
-        return self._run(tokens, vision_features.shape, None)
+        ptr = ptr_pool[ptr_index].reshape(b, -1, m)  # [B, Q * split, C_mem]
+        ptr_pos = self.obj_ptr_tpos_proj(get_1d_sine_pe(offsets, dim=c))  # [B, Q, C_mem]
+        ptr_pos = ptr_pos.unsqueeze(2).expand(-1, -1, self.split, -1).reshape(b, -1, m)
+        mask = None
+        if self.static:
+            hw = memory.shape[3] * memory.shape[4]
+            keys = torch.cat(
+                [
+                    valid.unsqueeze(2).expand(-1, -1, hw).reshape(b, -1),
+                    ptr_valid.unsqueeze(2).expand(-1, -1, self.split).reshape(b, -1),
+                ],
+                dim=1,
+            )
+            mask = ((1.0 - keys) * MASKED).reshape(b, 1, 1, -1)
+        out = self.memory_attention(curr, curr_pos, mem, mem_pos, ptr, ptr_pos, key_mask=mask)
+        return out.transpose(1, 2).reshape(b, c, vf.shape[2], vf.shape[3])
 
 
-class StaticMemoryAttentionGraph(MemoryAttentionGraph):
-    """Fixed slots (for TensorRT / ORT Mobile); ``*_valid`` (1/0) marks the filled slots."""
-
-    def forward(  # type: ignore[override]
-        self,
-        vision_features: torch.Tensor,
-        vision_pos_enc: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos_enc: torch.Tensor,
-        memory_tpos_index: torch.Tensor,
-        memory_valid: torch.Tensor,
-        obj_ptrs: torch.Tensor,
-        obj_ptr_offsets: torch.Tensor,
-        obj_ptr_valid: torch.Tensor,
-    ) -> torch.Tensor:
-        tokens = self._tokens(
-            vision_features,
-            vision_pos_enc,
-            memory,
-            memory_pos_enc,
-            memory_tpos_index,
-            obj_ptrs,
-            obj_ptr_offsets,
-        )
-        hw = memory.shape[3] * memory.shape[4]
-        valid = torch.cat(
-            [
-                memory_valid.unsqueeze(1).expand(-1, hw).reshape(-1),
-                obj_ptr_valid.unsqueeze(1).expand(-1, self.split).reshape(-1),
-            ]
-        )
-        mask = ((1.0 - valid) * MASKED_KEY).reshape(1, 1, 1, -1)
-        return self._run(tokens, vision_features.shape, mask)
-
-
-def build_graph(name: str, model: SAM2Model, settings: TrackerSettings) -> nn.Module:
-    """The export wrapper for a ``GRAPH_IO`` name (``memory_attention_static`` included)."""
+def build_graph(
+    name: str, model: SAM2Model, settings: TrackerSettings, *, static: bool = False
+) -> nn.Module:
+    """The export wrapper of a model graph (``static``: memory attention with fixed slots)."""
     factories: dict[str, Callable[[], nn.Module]] = {
         "image_encoder": lambda: ImageEncoderGraph(model),
         "mask_decoder": lambda: MaskDecoderGraph(model, settings),
-        "memory_encoder": lambda: MemoryEncoderGraph(model),
-        "memory_attention": lambda: MemoryAttentionGraph(model),
-        "memory_attention_static": lambda: StaticMemoryAttentionGraph(model),
+        "memory_encoder": lambda: MemoryEncoderGraph(model, settings),
+        "memory_attention": lambda: MemoryAttentionGraph(model, static=static),
     }
     if name not in factories:
-        raise ValueError(f"unknown graph {name!r}; known: {', '.join(GRAPH_IO)}")
+        raise ValueError(f"unknown model graph {name!r}; known: {', '.join(MODEL_GRAPHS)}")
     return factories[name]().eval()
+
+
+# Sizes of the named axes used for tracing and for the numeric check after every pass: more
+# than one object (so nothing gets specialised to a batch of 1) and fewer memories than slots.
+EXAMPLE_DIMS = {
+    "batch": 1,
+    "objects": 2,
+    "embed_batch": 1,
+    "memories": 3,
+    "pointers": 5,
+    "points": 3,
+    "candidates": 4,
+    "ptr_candidates": 4,
+}
 
 
 def example_inputs(
     name: str,
     settings: TrackerSettings,
     *,
+    static: bool = False,
     seed: int = 0,
-    objects: int = 1,
-    memories: int = 3,
-    pointers: int = 5,
-    points: int = 3,
+    objects: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Fixed random inputs of a graph, for tracing and for the numeric check after every pass.
+    """Fixed random inputs of a model graph that satisfy its contract (``example_feeds``)."""
+    geo = settings.geometry
+    b = objects or EXAMPLE_DIMS["objects"]
+    dims = {
+        **EXAMPLE_DIMS,
+        "objects": b,
+        "memory_slots": b * geo.memory_slots,
+        "ptr_slots": b * geo.pointer_slots,
+    }
+    if static:  # all slots attended, the first memories/pointers valid
+        dims.update(
+            memories=geo.memory_slots,
+            pointers=geo.pointer_slots,
+            valid_memory=EXAMPLE_DIMS["memories"],
+            valid_ptr=EXAMPLE_DIMS["pointers"],
+        )
+    feeds = example_feeds(contract(name, geo, static=static), geo, dims, seed)
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
 
-    Features are unit-scale normals and mask logits have a std of 4, like real activations of
-    the random-weight and the official models; static graphs get ``memories``/``pointers`` real
-    slots and the rest padding.
-    """
-    g = torch.Generator().manual_seed(seed)
-    s, c, m, f = settings.image_size, settings.d_model, settings.mem_dim, settings.feat_size
-    low = settings.low_res_mask_size
 
-    def randn(*shape: int, std: float = 1.0) -> torch.Tensor:
-        return torch.randn(*shape, generator=g) * std
-
-    if name == "image_encoder":
-        return {"image": randn(objects, 3, s, s)}
-    if name == "mask_decoder":
-        coords = torch.rand(objects, points, 2, generator=g) * s
-        labels = torch.tensor([2.0, 3.0] + [1.0, 0.0, -1.0] * points)[:points]
-        return {
-            "image_embed": randn(objects, c, f, f),
-            "add_no_mem_embed": torch.ones(1),
-            "high_res_feat_s0": randn(objects, c // 8, f * 4, f * 4),
-            "high_res_feat_s1": randn(objects, c // 4, f * 2, f * 2),
-            "point_coords": coords,
-            "point_labels": labels.expand(objects, -1).contiguous(),
-            "mask_input": randn(objects, 1, low, low, std=4.0),
-            "has_mask_input": torch.ones(1),
-        }
-    if name == "memory_encoder":
-        return {
-            "vision_features": randn(objects, c, f, f),
-            "mask_logits": randn(objects, 1, low, low, std=4.0),
-            "object_score_logits": randn(objects, 1, std=2.0),
-            "binarize": torch.zeros(1),
-        }
-    if name in ("memory_attention", "memory_attention_static"):
-        n_slots = settings.static_memory_slots if name.endswith("static") else memories
-        p_slots = settings.static_pointer_slots if name.endswith("static") else pointers
-        inputs = {
-            "vision_features": randn(objects, c, f, f),
-            "vision_pos_enc": randn(objects, c, f, f),
-            "memory": randn(objects, n_slots, m, f, f),
-            "memory_pos_enc": randn(objects, n_slots, m, f, f),
-            "memory_tpos_index": torch.randint(0, settings.num_maskmem, (n_slots,), generator=g),
-            "obj_ptrs": randn(objects, p_slots, c),
-            "obj_ptr_offsets": torch.rand(p_slots, generator=g) * 2 - 1,
-        }
-        if name.endswith("static"):
-            inputs["memory_valid"] = (torch.arange(n_slots) < memories).to(torch.float32)
-            inputs["obj_ptr_valid"] = (torch.arange(p_slots) < pointers).to(torch.float32)
-            ordered = GRAPH_IO[name]["inputs"]
-            return {k: inputs[k] for k in ordered}
-        return inputs
-    raise ValueError(f"unknown graph {name!r}")
+def graph_constants(name: str, settings: TrackerSettings) -> dict[str, Any]:
+    """The settings baked into graph ``name`` at compile time (recorded per graph in the bundle;
+    the runtime refuses to override them)."""
+    keys = {
+        "mask_decoder": ("min_obj_score_logits", "dynamic_multimask_stability_delta"),
+        "memory_encoder": ("memory_bf16",),
+        "preprocess": ("image_mean", "image_std"),
+    }.get(name, ())
+    return {k: v for k, v in settings.to_dict().items() if k in keys}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,15 @@ import yaml
 
 from samurai_onnx.compiler.modeling.common import ATTENTION_LOWERINGS
 from samurai_onnx.compiler.modeling.config import HieraConfig, SAM2Config
-from samurai_onnx.runtime.bundle import COMPONENTS, GRAPH_IO, TrackerSettings, check_fields
+from samurai_onnx.runtime.bundle import TrackerSettings, check_fields
+from samurai_onnx.runtime.contract import MODEL_GRAPHS
 
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("none", "int8")
 FORMATS = ("onnx", "ort")
 MEMORY_SHAPES = ("dynamic", "static")
-_DTYPES = ("float32", "int64")
+PROCESSING = ("graph", "host")
+ENGINES = ("onnxruntime", "openvino")
 MODEL_SIZES = ("tiny", "small", "base_plus", "large")
 # torch.onnx.export's TorchScript exporter (dynamo=False, see passes/export.py) stops at opset 20.
 OPSETS = (17, 18, 19, 20)
@@ -34,29 +36,14 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-
-@dataclass(frozen=True)
 class ComponentSpec:
+    """A model graph's build settings: attention lowering, quantization, tolerances."""
+
     name: str
-    inputs: tuple[InputSpec, ...]
     attention: str  # the fallback lowering: runs on every provider
     quantization: dict[str, Any] | None  # None: never quantized
     tolerance: dict[str, float]
     fused_attention: str | None = None  # used where the target allows fused kernels
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """Axes given as names in the manifest, in ``torch.onnx.export``'s form."""
-        axes: dict[str, dict[int, str]] = {}
-        for spec in self.inputs:
-            named = {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
-            if named:
-                axes[spec.name] = named
-        return axes
 
 
 @dataclass(frozen=True)
@@ -88,6 +75,9 @@ class TargetManifest:
     format: str
     memory_shape: str
     fused_attention: bool = False  # may graphs use fused attention ops (ORT contrib kernels)?
+    processing: str = "graph"  # pre/postprocessing in graphs, or on the host (exact parity)
+    engine: str = "onnxruntime"
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -154,33 +144,12 @@ def _unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
 def _component(name: str, data: Any, where: str) -> ComponentSpec:
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: expected a mapping of inputs, attention, quantization, ...")
-    _unknown(data, {"inputs", "attention", "quantization", "tolerance"}, where)
-    raw_inputs = _require(data, "inputs", where, list)
-    inputs = []
-    for i, item in enumerate(raw_inputs):
-        iw = f"{where}.inputs[{i}]"
-        if not isinstance(item, dict):
-            raise ManifestError(f"{iw}: expected {{name, dtype, shape}}, got {item!r}")
-        _unknown(item, {"name", "dtype", "shape"}, iw)
-        shape = _require(item, "shape", iw, list)
-        for d in shape:
-            if not (_kind_ok(d, int) and d > 0) and not (_kind_ok(d, str) and d):
-                raise ManifestError(
-                    f"{iw}.shape: {d!r} is neither a positive int nor an axis name (a string)"
-                )
-        inputs.append(
-            InputSpec(
-                name=_require(item, "name", iw, str),
-                dtype=_choice(_require(item, "dtype", iw, str), _DTYPES, f"{iw}.dtype"),
-                shape=tuple(shape),
-            )
-        )
-    expected = GRAPH_IO[name]["inputs"]
-    got = tuple(s.name for s in inputs)
-    if got != expected:
+    if "inputs" in data:
         raise ManifestError(
-            f"{where}.inputs: names {list(got)} do not match the graph's inputs {list(expected)}"
+            f"{where}.inputs: graph inputs are no longer written in model manifests (the graph "
+            "contract in runtime/contract.py defines them); delete this key"
         )
+    _unknown(data, {"attention", "quantization", "tolerance"}, where)
     raw_attention = data.get("attention", "matmul")
     fused: str | None = None
     if isinstance(raw_attention, dict):
@@ -220,7 +189,7 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
                 f"got {value!r}"
             )
     return ComponentSpec(
-        name, tuple(inputs), attention, quantization, {k: float(v) for k, v in tol.items()}, fused
+        name, attention, quantization, {k: float(v) for k, v in tol.items()}, fused
     )
 
 
@@ -305,11 +274,11 @@ def load_model_manifest(path: str | Path) -> ModelManifest:
         raise ManifestError(str(exc)) from None
     comps = _require(data, "components", where, dict)
     pw = _at(where, "components")
-    _unknown(comps, set(COMPONENTS), pw)
-    missing = [c for c in COMPONENTS if c not in comps]
+    _unknown(comps, set(MODEL_GRAPHS), pw)
+    missing = [c for c in MODEL_GRAPHS if c not in comps]
     if missing:
         raise ManifestError(f"{pw}: missing {', '.join(missing)} (all four are required)")
-    components = {c: _component(c, comps[c], f"{pw}.{c}") for c in COMPONENTS}
+    components = {c: _component(c, comps[c], f"{pw}.{c}") for c in MODEL_GRAPHS}
     return ModelManifest(path, name, checkpoint, model, tracker, components)
 
 
@@ -338,6 +307,9 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "format",
             "memory_shape",
             "fused_attention",
+            "processing",
+            "engine",
+            "engine_options",
         },
         where,
     )
@@ -377,6 +349,12 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         if not isinstance(opts, dict):
             raise ManifestError(f"{ow}.{provider}: expected a mapping of options, got {opts!r}")
 
+    engine_options = data.get("engine_options") or {}
+    if not isinstance(engine_options, dict):
+        raise ManifestError(
+            f"{_at(where, 'engine_options')}: expected a mapping of options, got {engine_options!r}"
+        )
+
     def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
         return _choice(data.get(key, default), allowed, _at(where, key))
 
@@ -391,6 +369,9 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         format=choice("format", "onnx", FORMATS),
         memory_shape=choice("memory_shape", "dynamic", MEMORY_SHAPES),
         fused_attention=fused_attention,
+        processing=choice("processing", "graph", PROCESSING),
+        engine=choice("engine", "onnxruntime", ENGINES),
+        engine_options=engine_options,
     )
 
 

@@ -1,8 +1,9 @@
 """The bundle format: one directory of ONNX graphs plus ``bundle.yaml``, read and verified here.
 
 This module is the single definition of the format. The compiler imports it to write bundles
-(``TrackerSettings``, ``GRAPH_IO``, ``FORMAT_VERSION``, ``write_bundle_manifest``) and the runtime
-to read them (``load_bundle``), so the two cannot drift apart. It imports neither torch nor onnx.
+(``TrackerSettings``, ``FORMAT_VERSION``, ``write_bundle_manifest``) and the runtime to read them
+(``load_bundle``), so the two cannot drift apart; each graph's I/O is the contract's
+(``runtime/contract.py``). It imports neither torch nor onnx.
 
 A bundle is untrusted input: the manifest is read with ``yaml.safe_load``, every file it names
 must resolve to a path inside the bundle directory, and every file's sha256 is checked before a
@@ -19,69 +20,13 @@ from typing import Any
 
 import yaml
 
-FORMAT_VERSION = 1
+from samurai_onnx.runtime.contract import GRAPHS, ContractError, Geometry, TensorSpec, contract
+
+# 2: six graphs (preprocess and postprocess added), memories and pointers in device-resident
+# pools gathered and scattered by index, per-object batches.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "bundle.yaml"
-COMPONENTS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
-
-# The graph boundaries, defined once: the compiler exports with these names and the tracker
-# feeds/reads them. Shapes use symbolic names for dynamic axes.
-GRAPH_IO: dict[str, dict[str, tuple[str, ...]]] = {
-    "image_encoder": {
-        "inputs": ("image",),
-        "outputs": ("high_res_feat_s0", "high_res_feat_s1", "vision_features", "vision_pos_enc"),
-    },
-    "memory_attention": {
-        "inputs": (
-            "vision_features",
-            "vision_pos_enc",
-            "memory",
-            "memory_pos_enc",
-            "memory_tpos_index",
-            "obj_ptrs",
-            "obj_ptr_offsets",
-        ),
-        "outputs": ("conditioned_features",),
-    },
-    "memory_attention_static": {
-        "inputs": (
-            "vision_features",
-            "vision_pos_enc",
-            "memory",
-            "memory_pos_enc",
-            "memory_tpos_index",
-            "memory_valid",
-            "obj_ptrs",
-            "obj_ptr_offsets",
-            "obj_ptr_valid",
-        ),
-        "outputs": ("conditioned_features",),
-    },
-    "mask_decoder": {
-        "inputs": (
-            "image_embed",
-            "add_no_mem_embed",
-            "high_res_feat_s0",
-            "high_res_feat_s1",
-            "point_coords",
-            "point_labels",
-            "mask_input",
-            "has_mask_input",
-        ),
-        "outputs": (
-            "masks",
-            "iou_predictions",
-            "object_score_logits",
-            "obj_ptr",
-            "mask_boxes",
-            "stability_score",
-        ),
-    },
-    "memory_encoder": {
-        "inputs": ("vision_features", "mask_logits", "object_score_logits", "binarize"),
-        "outputs": ("maskmem_features", "maskmem_pos_enc"),
-    },
-}
-
+COMPONENTS = GRAPHS
 
 class BundleError(ValueError):
     """A bundle that cannot be used; the message says what is wrong and what to do."""
@@ -131,6 +76,19 @@ class TrackerSettings:
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
 
+    @property
+    def geometry(self) -> Geometry:
+        """The model sizes the graph contract depends on."""
+        return Geometry(
+            image_size=self.image_size,
+            d_model=self.d_model,
+            mem_dim=self.mem_dim,
+            feat_size=self.feat_size,
+            low_res_mask_size=self.low_res_mask_size,
+            num_maskmem=self.num_maskmem,
+            max_obj_ptrs_in_encoder=self.max_obj_ptrs_in_encoder,
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "tracker") -> TrackerSettings:
         """Settings from a manifest's or bundle's ``tracker:`` mapping, every value type-checked."""
@@ -146,16 +104,6 @@ class TrackerSettings:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
 class ComponentInfo:
     """One graph of the bundle: file, hash, precision, I/O signature, measured errors."""
 
@@ -165,9 +113,10 @@ class ComponentInfo:
     precision: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    graph: str = ""  # GRAPH_IO key (memory_attention_static for static memory)
+    static: bool = False  # memory_attention with fixed slots and validity masks
     max_abs_error: dict[str, float] = field(default_factory=dict)
     tolerance: float = 0.0
+    constants: dict[str, Any] = field(default_factory=dict)  # settings baked into the graph
 
 
 @dataclass(frozen=True)
@@ -183,6 +132,27 @@ class Bundle:
 
     def file(self, component: str) -> Path:
         return self.path / self.components[component].file
+
+    @property
+    def static_memory(self) -> bool:
+        """Memory attention with fixed slots and validity masks (TensorRT, ORT Mobile)."""
+        return self.components["memory_attention"].static
+
+    @property
+    def processing(self) -> str:
+        """Where the target does pre- and postprocessing by default: ``graph`` or ``host``."""
+        return str(self.target.get("processing", "graph"))
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """Objects per graph call when the bundle was built without dynamic batches, else None."""
+        first = self.components["mask_decoder"].inputs
+        size = first[1].shape[0] if len(first) > 1 and first[1].shape else None
+        return size if isinstance(size, int) else None
+
+    def constants(self) -> dict[str, Any]:
+        """Every setting baked into one of the graphs (none of them can be overridden)."""
+        return {k: v for c in self.components.values() for k, v in c.constants.items()}
 
 
 def _kind_ok(value: Any, kind: type) -> bool:
@@ -323,12 +293,9 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
                 f"{where}: {info['file']} does not match its sha256 (corrupted or modified); "
                 "rebuild or re-copy the bundle"
             )
-        graph = str(info.get("graph", name))
-        if graph not in GRAPH_IO or graph not in (name, f"{name}_static"):
-            raise BundleError(
-                f"{where}.graph: {graph!r} is not a graph of {name} known to this runtime; "
-                "rebuild the bundle with this version of samurai-compile"
-            )
+        static = info.get("static", False)
+        if not isinstance(static, bool) or (static and name != "memory_attention"):
+            raise BundleError(f"{where}.static: {static!r} is not valid for {name}; rebuild")
         try:
             components[name] = ComponentInfo(
                 name=name,
@@ -337,22 +304,32 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
                 precision=str(info.get("precision", "fp32")),
                 inputs=_specs(info.get("inputs", []), f"{where}.inputs"),
                 outputs=_specs(info.get("outputs", []), f"{where}.outputs"),
-                graph=graph,
+                static=static,
                 max_abs_error={k: float(v) for k, v in (info.get("max_abs_error") or {}).items()},
                 tolerance=float(info.get("tolerance", 0.0)),
+                constants=dict(info.get("constants") or {}),
             )
         except (AttributeError, TypeError, ValueError) as exc:
             if isinstance(exc, BundleError):
                 raise
             raise BundleError(f"{where}: malformed entry ({exc}); rebuild the bundle") from None
-        expected = GRAPH_IO.get(components[name].graph)
-        got_in = tuple(s.name for s in components[name].inputs)
-        if expected is not None and got_in and got_in != expected["inputs"]:
-            raise BundleError(
-                f"{where}: inputs {got_in} differ from this runtime's {expected['inputs']}; "
-                "rebuild the bundle with this version of samurai-compile"
-            )
     tracker = TrackerSettings.from_dict(data.get("tracker") or {}, where=f"{manifest}: tracker")
+    for name, comp in components.items():
+        if name not in COMPONENTS:
+            raise BundleError(
+                f"{manifest}: components.{name} is not a graph this runtime knows "
+                f"({', '.join(COMPONENTS)}); rebuild the bundle with this samurai-compile"
+            )
+        try:  # the recorded signature; each ONNX file's own is checked when it is loaded
+            contract(name, tracker.geometry, static=comp.static).check(
+                [(t.name, t.dtype, t.shape) for t in comp.inputs],
+                [(t.name, t.dtype, t.shape) for t in comp.outputs],
+            )
+        except ContractError as exc:
+            raise BundleError(
+                f"{manifest}: components.{name}: {exc}; rebuild the bundle with this "
+                "version of samurai-compile"
+            ) from None
     return Bundle(
         path=root,
         format_version=int(version),

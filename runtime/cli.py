@@ -23,8 +23,9 @@ import typer
 from tqdm import tqdm
 
 from samurai_onnx.runtime.bundle import Bundle, BundleError, load_bundle
+from samurai_onnx.runtime.engine import EngineError
+from samurai_onnx.runtime.engine.base import DEVICES as DEVICE_PROVIDERS
 from samurai_onnx.runtime.preprocess import FrameError
-from samurai_onnx.runtime.session import DEVICE_PROVIDERS
 from samurai_onnx.runtime.tracker import Box, Tracker, TrackerError, check_box, parse_box
 from samurai_onnx.runtime.video import (
     AnnotatedVideoWriter,
@@ -113,15 +114,8 @@ def load_tracker(
         bundle = load_bundle(bundle)
     try:
         return Tracker(bundle, device=device, threads=threads, fill_hole_area=fill_hole_area)
-    except USER_ERRORS:
-        raise
-    except Exception as exc:
-        if not type(exc).__module__.startswith("onnxruntime"):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(
-            f"{bundle.path}: ONNX Runtime cannot load a graph ({first}); rebuild the bundle"
-        ) from None
+    except EngineError as exc:
+        raise BundleError(f"{bundle.path}: {exc}; rebuild the bundle") from None
 
 
 def run_tracking(
@@ -203,12 +197,8 @@ def run_tracking(
             if summary.frames == 0:
                 raise
             raise PartialRunError(exc, summary) from exc
-        except Exception as exc:
-            if not type(exc).__module__.startswith("onnxruntime"):
-                raise
-            failure = InferenceError(
-                f"ONNX Runtime failed on frame {summary.frames}: {_one_line(exc)}"
-            )
+        except EngineError as exc:
+            failure = InferenceError(f"frame {summary.frames}: {_one_line(exc)}")
             if summary.frames == 0:
                 raise failure from exc
             raise PartialRunError(failure, summary) from exc

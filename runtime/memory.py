@@ -8,11 +8,13 @@ the most recent ``num_maskmem - 1`` valid frames and frame ``t-1`` can ever be c
 exactly those reproduces the selection while memory stays bounded whatever the video length.
 Object pointers come from the last ``max_obj_ptrs - 1`` frames regardless of validity, so they get
 their own ring of that length. The conditioning memory lives outside the rings and is never
-evicted.
+evicted. The tensors themselves live in the engine's memory and pointer pools; the bank only
+assigns their slots.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -37,17 +39,18 @@ def from_bf16(bits: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MemoryEntry:
-    """One frame's contribution to later frames: its spatial memory, pointer and scores."""
+    """One frame's contribution to later frames: where its memory and pointer live, its scores.
+
+    ``slot`` / ``ptr_slot`` index the object's block of the memory and pointer pools (slot 0 of
+    each is the conditioning frame's); the bank assigns them in ``add``.
+    """
 
     frame: int
-    features: np.ndarray  # [C_mem, H, W], bf16 bits (uint16) or float32
-    obj_ptr: np.ndarray  # [C]
     iou: float  # predicted IoU of the chosen mask
     object_score: float  # object score logit
     kf_score: float | None  # Kalman IoU of the chosen mask (None before SAMURAI's stable phase)
-
-    def features_f32(self) -> np.ndarray:
-        return from_bf16(self.features) if self.features.dtype == np.uint16 else self.features
+    slot: int = -1
+    ptr_slot: int = -1
 
 
 @dataclass(frozen=True)
@@ -56,18 +59,37 @@ class Selection:
 
     memories: tuple[MemoryEntry, ...]
     tpos_index: tuple[int, ...]  # row of maskmem_tpos_enc for each memory
-    pointers: tuple[np.ndarray, ...]
+    pointers: tuple[MemoryEntry, ...]
     pointer_offsets: tuple[float, ...]  # signed frame distance / (max_obj_ptrs - 1)
-    pointer_frames: tuple[int, ...]
 
     @property
     def memory_frames(self) -> tuple[int, ...]:
         return tuple(m.frame for m in self.memories)
 
+    @property
+    def memory_slots(self) -> tuple[int, ...]:
+        return tuple(m.slot for m in self.memories)
+
+    @property
+    def pointer_frames(self) -> tuple[int, ...]:
+        return tuple(p.frame for p in self.pointers)
+
+    @property
+    def pointer_slots(self) -> tuple[int, ...]:
+        return tuple(p.ptr_slot for p in self.pointers)
+
 
 @dataclass
 class MemoryBank:
-    """Per-object bounded memory: conditioning entry + ring of valid frames + last frame + pointers."""
+    """Per-object bounded memory: conditioning entry + ring of valid frames + last frame + pointers.
+
+    The bank holds no tensors: memories and pointers live in slots of device-resident pools
+    (``memory_slots`` and ``pointer_slots`` per object), and the bank says which slot each frame
+    goes to and which slots a frame attends to. A slot is reused only once its frame can no
+    longer be selected: of the valid ring only the frames that ``select`` can still return are
+    kept alive (when the last frame is invalid, the oldest valid frame is never selected again),
+    so ``num_maskmem`` memory slots and ``max_obj_ptrs`` pointer slots are always enough.
+    """
 
     num_maskmem: int = 7
     max_obj_ptrs: int = 16
@@ -84,6 +106,16 @@ class MemoryBank:
         self.valid = deque(self.valid, maxlen=min(self.num_maskmem, self.max_obj_ptrs) - 1)
         self.pointer_ring = deque(self.pointer_ring, maxlen=self.max_obj_ptrs - 1)
 
+    @property
+    def memory_slots(self) -> int:
+        """Slots of the object's block of the memory pool (2 at least: the conditioning frame's
+        and one for the newest frame, which is written even when it cannot be selected)."""
+        return max(self.num_maskmem, 2)
+
+    @property
+    def pointer_slots(self) -> int:
+        return self.max_obj_ptrs
+
     def is_valid(self, entry: MemoryEntry) -> bool:
         """SAMURAI's memory-bank criteria (frames 0 and 1 are never scanned)."""
         return (
@@ -93,15 +125,37 @@ class MemoryBank:
             and (entry.kf_score is None or entry.kf_score > self.kf_score_threshold)
         )
 
-    def set_conditioning(self, entry: MemoryEntry) -> None:
-        self.cond = entry
+    def set_conditioning(self, entry: MemoryEntry) -> MemoryEntry:
+        """Start (or restart) the bank from a prompted frame; its memory and pointer go to slot 0."""
+        self.cond = dataclasses.replace(entry, slot=0, ptr_slot=0)
+        self.valid.clear()
+        self.pointer_ring.clear()
+        self.last = None
+        return self.cond
 
-    def add(self, entry: MemoryEntry) -> None:
-        """Record a tracked (non-conditioning) frame's memory."""
-        if self.is_valid(entry):
-            self.valid.append(entry)
-        self.last = entry
-        self.pointer_ring.append(entry)
+    def add(self, entry: MemoryEntry) -> MemoryEntry:
+        """Record a tracked (non-conditioning) frame; returns it with its slots assigned.
+
+        Its memory slot is one that no frame still selectable after this one holds: those are
+        the newest ``num_maskmem - 1`` of (valid frames + this frame), other than this frame.
+        """
+        valid = self.is_valid(entry)
+        older = list(self.valid)
+        if valid and self.valid.maxlen is not None:
+            older = older[-(self.valid.maxlen - 1) :] if self.valid.maxlen > 1 else []
+        keep = max(self.num_maskmem - 2, 0)  # selectable older frames besides this one
+        busy = {e.slot for e in (older[-keep:] if keep else [])}
+        free = [s for s in range(1, self.memory_slots) if s not in busy]
+        if len(self.pointer_ring) == self.pointer_ring.maxlen:
+            ptr_slot = self.pointer_ring[0].ptr_slot  # the pointer that drops out now
+        else:
+            ptr_slot = 1 + len(self.pointer_ring)
+        placed = dataclasses.replace(entry, slot=free[0], ptr_slot=ptr_slot)
+        if valid:
+            self.valid.append(placed)
+        self.last = placed
+        self.pointer_ring.append(placed)
+        return placed
 
     def select(self, frame: int, num_frames: int | None = None) -> Selection:
         """The memories and pointers SAMURAI attends to when tracking ``frame``."""
@@ -114,21 +168,19 @@ class MemoryBank:
             and (not chosen or chosen[-1].frame != self.last.frame)
         ):
             chosen.append(self.last)
-        chosen = chosen[-(self.num_maskmem - 1) :]
+        chosen = chosen[-(self.num_maskmem - 1) :] if self.num_maskmem > 1 else []
         k = len(chosen)
         memories = (self.cond, *chosen)
         # conditioning frame: t_pos 0 -> row num_maskmem-1; chosen[j]: t_pos num_maskmem-k+j.
         tpos = (self.num_maskmem - 1, *(k - j - 1 for j in range(k)))
         max_ptrs = min(num_frames, self.max_obj_ptrs) if num_frames else self.max_obj_ptrs
         scale = float(max(max_ptrs - 1, 1))
-        ptrs = [self.cond.obj_ptr]
+        ptrs = [self.cond]
         offsets = [(frame - self.cond.frame) / scale]
-        frames = [self.cond.frame]
         for entry in reversed(self.pointer_ring):
             t_diff = frame - entry.frame
             if t_diff < 1 or t_diff > max_ptrs - 1:
                 continue
-            ptrs.append(entry.obj_ptr)
+            ptrs.append(entry)
             offsets.append(t_diff / scale)
-            frames.append(entry.frame)
-        return Selection(memories, tpos, tuple(ptrs), tuple(offsets), tuple(frames))
+        return Selection(memories, tpos, tuple(ptrs), tuple(offsets))

@@ -1,50 +1,94 @@
-"""SAMURAI's tracking loop on ONNX Runtime: ``Tracker`` (the public API) and its per-object state.
+"""SAMURAI's tracking loop: ``Tracker`` (graphs + settings) and the per-video ``VideoSession``.
 
-The loop follows SAMURAI's ``SAM2VideoPredictor`` / ``SAM2Base`` in samurai mode step for step:
+The loop follows SAMURAI's ``SAM2VideoPredictor`` / ``SAM2Base`` in samurai mode:
 
-- frame 0 is a conditioning frame prompted with a box (two points labelled 2 and 3): a single
-  mask with SAM 2's stability fallback, the object pointer of the single-mask token, no memory
-  attention (the no-memory embedding is added instead), and a memory encoded from the binarized
-  (and hole-filled) mask;
-- each later frame: memory attention over the conditioning memory and the selected past memories
-  plus object pointers (``memory.MemoryBank``), three candidate masks, SAMURAI's Kalman-weighted
-  choice among them, and a memory encoded from the chosen mask's sigmoid.
+- a prompted frame (a box, points, or both) is a conditioning frame: no memory attention (the
+  no-memory embedding is added instead), one mask with SAM 2's stability fallback (or, for a
+  single click, three candidates and SAMURAI's choice), the object pointer of the token used,
+  and a memory encoded from the binarized, hole-filled mask;
+- every later frame: memory attention over the conditioning memory and the selected past
+  memories and object pointers (``memory.MemoryBank``), three candidate masks, SAMURAI's
+  Kalman-weighted choice (``policy``), and a memory encoded from the chosen mask's sigmoid.
 
-Sessions are stateless; everything that changes from frame to frame lives in ``ObjectState``.
-All objects share one image-encoder pass per frame.
+All objects share one image-encoder pass per frame; objects tracked on a frame run memory
+attention, the decoder and the memory encoder as one batch (per group of equal memory and
+pointer counts on dynamic-shape engines). An object prompted on frame F is SAMURAI tracking the
+clip that starts at F: its frames count from F, and so does the video length that scales its
+pointer distances. A new prompt for a tracked object restarts it there (a correction).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from samurai_onnx.runtime import kalman
+from samurai_onnx.runtime import policy
 from samurai_onnx.runtime.bundle import Bundle, TrackerSettings, load_bundle
-from samurai_onnx.runtime.memory import MemoryBank, MemoryEntry, Selection, to_bf16
-from samurai_onnx.runtime.preprocess import (
-    fill_holes,
-    mask_to_box,
-    preprocess_frame,
-    upsample_mask_logits,
-    validate_frame,
-)
-from samurai_onnx.runtime.session import create_session, providers_for_device
+from samurai_onnx.runtime.engine import EngineSettings, check_threads, create_engine
+from samurai_onnx.runtime.engine.base import DEVICES
+from samurai_onnx.runtime.graphs import FrameFeatures, MemoryPools, SamuraiGraphs
+from samurai_onnx.runtime.memory import MemoryBank, MemoryEntry
+from samurai_onnx.runtime.preprocess import fill_holes, validate_frame
 from samurai_onnx.runtime.video import ObjectResult, Source, open_frames
 
 log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
+Point = tuple[float, float]
+
+# Settings that follow from the model or are baked into the graphs: a bundle fixes them.
+FIXED_SETTINGS = frozenset(
+    {
+        "image_size",
+        "d_model",
+        "mem_dim",
+        "feat_size",
+        "low_res_mask_size",
+        "num_maskmem",
+        "max_obj_ptrs_in_encoder",
+        "memory_shape",
+        "static_memory_slots",
+        "static_pointer_slots",
+        "image_mean",
+        "image_std",
+        "min_obj_score_logits",
+        "dynamic_multimask_stability_delta",
+        "memory_bf16",
+    }
+)
 
 
 class TrackerError(ValueError):
-    """Bad input to the tracker (a box, a frame, a call order), with the fix in the message."""
+    """Bad input to the tracker (a box, a prompt, a frame, a call order), with the fix."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt for one object on one frame, in pixels of the video.
+
+    ``box`` is ``(x, y, w, h)``; ``points`` are ``(x, y)`` with ``labels`` 1 (positive) or 0
+    (negative); a box and points may be given together (SAM 2 puts the box first). ``remove``
+    ends the object's track from this frame on.
+    """
+
+    frame: int
+    obj_id: int
+    box: Box | None = None
+    points: tuple[Point, ...] = ()
+    labels: tuple[int, ...] = ()
+    remove: bool = False
+
+    @property
+    def num_points(self) -> int:
+        """Points as SAM 2 counts them (a box is two)."""
+        return len(self.points) + (2 if self.box is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -57,7 +101,7 @@ class StepInfo:
     object_score: float
     kf_score: float | None
     kf_ious: tuple[float, ...] | None
-    memory_frames: tuple[int, ...]
+    memory_frames: tuple[int, ...]  # video frame numbers
     pointer_frames: tuple[int, ...]
     low_res_mask: np.ndarray = field(repr=False)  # chosen mask logits (after hole filling)
 
@@ -67,25 +111,49 @@ class ObjectState:
     """Everything the tracker knows about one object (SAMURAI keeps this on the model)."""
 
     obj_id: int
+    block: int  # its block of slots in the memory pools
+    start: int  # the video frame of its latest prompt: frame 0 of its SAMURAI clip
     memory: MemoryBank
-    kf: kalman.KalmanState | None = None
-    stable_frames: int = 0
+    motion: policy.Motion = field(default_factory=policy.Motion)
+    num_frames: int | None = None  # the clip's length counted from ``start``
     last: StepInfo | None = None
+
+    @property
+    def kf(self) -> Any:
+        return self.motion.kf
+
+    @property
+    def stable_frames(self) -> int:
+        return self.motion.stable_frames
 
 
 @dataclass(frozen=True)
 class FrameResult:
-    """Every object's result on one frame.
+    """Every tracked object's result on one frame.
 
-    ``index`` is the frame's position in the source (0 = the prompted frame); ``objects`` holds
-    one :class:`ObjectResult` per box, in the order the boxes were given (``obj_id`` 0, 1, ...):
-    ``mask`` (bool HxW at video size), ``box`` (LaSOT-style ``(x, y, w, h)`` ints, None when the
-    mask is empty), ``score`` (the decoder's predicted IoU of the chosen mask) and ``present``
-    (object score above SAMURAI's threshold and a non-empty mask).
+    ``index`` is the frame's position in the source; ``objects`` holds one :class:`ObjectResult`
+    per object tracked on this frame (from its first prompted frame on, until it is removed), in
+    the order the objects were first prompted: ``mask`` (bool HxW at video size), ``box``
+    (LaSOT-style ``(x, y, w, h)`` ints, None when the mask is empty), ``score`` (the decoder's
+    predicted IoU of the chosen mask) and ``present`` (object score above SAMURAI's threshold
+    and a non-empty mask).
     """
 
     index: int
     objects: list[ObjectResult]
+
+
+@dataclass
+class VideoSession:
+    """The state of one video: its objects, the frame counter, the frame size, the pools."""
+
+    pools: MemoryPools
+    num_frames: int | None
+    objects: dict[int, ObjectState] = field(default_factory=dict)
+    frame_index: int = -1
+    frame_size: tuple[int, int] | None = None  # (width, height)
+    free_blocks: list[int] = field(default_factory=list)
+    next_block: int = 0
 
 
 def parse_box(text: str) -> Box:
@@ -123,7 +191,7 @@ def normalize_boxes(box: Any) -> list[Box]:
 
 
 def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> Box:
-    """Validate a first-frame box against the frame; clip it where it crosses the border."""
+    """Validate a box against the frame; clip it where it crosses the border."""
     if len(box) != 4:
         raise TrackerError(f"box #{index} {tuple(box)} must have four values x,y,w,h")
     x, y, w, h = (float(v) for v in box)
@@ -137,7 +205,7 @@ def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> 
     if x1 <= x0 or y1 <= y0:
         raise TrackerError(
             f"box #{index} ({x:g},{y:g},{w:g},{h:g}) lies outside the {width}x{height} frame; "
-            "boxes are x,y,w,h in pixels of the first frame"
+            "boxes are x,y,w,h in pixels of the frame they prompt"
         )
     if (x0, y0, x1, y1) != (x, y, x + w, y + h):
         log.warning(
@@ -146,18 +214,26 @@ def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> 
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def box_prompts(boxes: Sequence[Box], frame: int = 0) -> list[Prompt]:
+    """One box prompt per object (ids 0, 1, ...) on ``frame``."""
+    return [Prompt(frame, i, box=tuple(b)) for i, b in enumerate(boxes)]  # type: ignore[arg-type]
+
+
 class Tracker:
-    """Track boxes through a video with a SAMURAI bundle.
+    """Track objects through a video with a SAMURAI bundle.
 
-    ``start(frame, boxes)`` on the first frame, then ``step(frame)`` per frame; or ``track(video,
-    box)``, a generator over a whole source. Frames are RGB uint8 HxWx3 numpy arrays.
+    ``start(frame, boxes)`` on the first frame, then ``step(frame)`` per frame (with
+    ``prompts=`` to add, correct or remove objects on that frame); or ``track(video, box)`` /
+    ``track(video, prompts=...)``, a generator over a whole source. Frames are RGB uint8 HxWx3.
 
-    ``device`` is ``cpu``, ``cuda`` or ``tensorrt`` (default: the providers the bundle was compiled
-    for); a missing provider logs a warning and falls back to the CPU. ``threads`` sets ONNX
-    Runtime's intra-op threads, ``fill_hole_area`` overrides SAM 2's hole filling (0 = off),
-    ``overrides`` any other ``TrackerSettings`` field of the tracking loop. ``num_frames`` (the
-    video length) matters for videos shorter than 16 frames, where SAMURAI scales pointer distances
-    by it; ``track`` takes it from the source when it is not given here.
+    ``device`` is ``cpu``, ``cuda`` or ``tensorrt`` (default: the bundle's target); it only picks
+    which of the target's providers run, with the target's options. ``threads`` sets the engine's
+    intra-op threads, ``fill_hole_area`` overrides SAM 2's hole filling (0 = off),
+    ``processing`` chooses pre/postprocessing in graphs (fast) or on the host (exact parity with
+    the oracle), ``max_batch`` caps how many objects share one graph call (None: all; 1: every
+    object alone), ``overrides`` any other run-time setting of ``TrackerSettings``. ``num_frames``
+    (the video length) matters for videos shorter than 16 frames, where SAMURAI scales pointer
+    distances by it; ``track`` takes it from the source when it is not given here.
     """
 
     def __init__(
@@ -168,222 +244,148 @@ class Tracker:
         threads: int | None = None,
         fill_hole_area: int | None = None,
         num_frames: int | None = None,
-        overrides: dict[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        processing: str | None = None,
+        max_batch: int | None = None,
+        profile_prefix: str | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         changes = dict(overrides or {})
         if fill_hole_area is not None:
-            changes["fill_hole_area"] = int(fill_hole_area)
-        fixed = {
-            "image_size",
-            "d_model",
-            "mem_dim",
-            "feat_size",
-            "low_res_mask_size",
-            "memory_shape",
-        }
-        bad = sorted(
-            set(changes) & fixed | set(changes) - set(TrackerSettings.__dataclass_fields__)
-        )
-        if bad:
-            raise TrackerError(f"tracker setting(s) {', '.join(bad)} cannot be overridden")
-        self.settings: TrackerSettings = dataclasses.replace(self.bundle.tracker, **changes)
-        providers = (
-            providers_for_device(device)
-            if device
-            else tuple(self.bundle.target.get("providers") or ("CPUExecutionProvider",))
-        )
-        self.sessions = {
-            name: create_session(self.bundle.file(name), providers, threads)
-            for name in self.bundle.components
-        }
-        self.static_memory = self.bundle.components["memory_attention"].graph.endswith("_static")
+            changes["fill_hole_area"] = fill_hole_area
+        self.settings = settings_with(self.bundle.tracker, changes)
+        if device is not None and device not in DEVICES:
+            raise TrackerError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+        if processing is not None and processing not in ("graph", "host"):
+            raise TrackerError(f"processing {processing!r} is not one of graph, host")
+        try:
+            threads = check_threads(threads)
+        except ValueError as exc:
+            raise TrackerError(str(exc)) from None
+        self.engine = create_engine(engine_settings(self.bundle, device, threads, profile_prefix))
+        self.graphs = SamuraiGraphs(self.bundle, self.engine, processing=processing)
+        if max_batch is not None and (
+            isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
+        ):
+            raise TrackerError(
+                f"max_batch is {max_batch!r}; it must be a whole number of at least 1"
+            )
+        # a bundle built without dynamic batches takes one object per call
+        limits = [v for v in (max_batch, self.bundle.fixed_batch) if v]
+        self.max_batch = min(limits) if limits else None
         self.num_frames = num_frames
         self._num_frames_given = num_frames
-        self.states: list[ObjectState] = []
-        self.frame_index = -1
-        self.frame_size: tuple[int, int] | None = None  # (width, height)
-        self._maskmem_pos: np.ndarray | None = None
-
-    # -- graphs -------------------------------------------------------------------------------
-    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.sessions[name]
-        outputs = [o.name for o in session.get_outputs()]
-        return dict(zip(outputs, session.run(outputs, feeds), strict=True))
-
-    def _encode_image(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        s = self.settings
-        image = preprocess_frame(frame, s.image_size, s.image_mean, s.image_std)
-        return self._run("image_encoder", {"image": image})
-
-    def _decode(
-        self,
-        feats: dict[str, np.ndarray],
-        embed: np.ndarray,
-        first: bool,
-        coords: np.ndarray,
-        labels: np.ndarray,
-    ) -> dict[str, np.ndarray]:
-        low = self.settings.low_res_mask_size
-        return self._run(
-            "mask_decoder",
-            {
-                "image_embed": embed,
-                "add_no_mem_embed": np.array([1.0 if first else 0.0], np.float32),
-                "high_res_feat_s0": feats["high_res_feat_s0"],
-                "high_res_feat_s1": feats["high_res_feat_s1"],
-                "point_coords": coords.astype(np.float32),
-                "point_labels": labels.astype(np.float32),
-                "mask_input": np.zeros((1, 1, low, low), np.float32),
-                "has_mask_input": np.zeros(1, np.float32),
-            },
-        )
-
-    def _encode_memory(
-        self, feats: dict[str, np.ndarray], mask: np.ndarray, score: float, binarize: bool
-    ) -> np.ndarray:
-        out = self._run(
-            "memory_encoder",
-            {
-                "vision_features": feats["vision_features"],
-                "mask_logits": mask[None, None].astype(np.float32),
-                "object_score_logits": np.array([[score]], np.float32),
-                "binarize": np.array([1.0 if binarize else 0.0], np.float32),
-            },
-        )
-        if self._maskmem_pos is None:
-            self._maskmem_pos = out["maskmem_pos_enc"][0]
-        features = out["maskmem_features"][0]
-        return to_bf16(features) if self.settings.memory_bf16 else features
-
-    def _attend(self, feats: dict[str, np.ndarray], sel: Selection) -> np.ndarray:
-        assert self._maskmem_pos is not None
-        memory = np.stack([m.features_f32() for m in sel.memories])[None]
-        ptrs = np.stack(sel.pointers)[None].astype(np.float32)
-        tpos = np.array(sel.tpos_index, np.int64)
-        offsets = np.array(sel.pointer_offsets, np.float32)
-        feeds: dict[str, np.ndarray] = {
-            "vision_features": feats["vision_features"],
-            "vision_pos_enc": feats["vision_pos_enc"],
-        }
-        if self.static_memory:
-            n_slots, p_slots = self.settings.static_memory_slots, self.settings.static_pointer_slots
-            memory, mem_valid = _pad(memory, 1, n_slots)
-            ptrs, ptr_valid = _pad(ptrs, 1, p_slots)
-            tpos, _ = _pad(tpos, 0, n_slots)
-            offsets, _ = _pad(offsets, 0, p_slots)
-            feeds.update(memory_valid=mem_valid, obj_ptr_valid=ptr_valid)
-        pos = np.broadcast_to(self._maskmem_pos, memory.shape).astype(np.float32)
-        feeds.update(
-            memory=np.ascontiguousarray(memory, dtype=np.float32),
-            memory_pos_enc=pos,
-            memory_tpos_index=tpos,
-            obj_ptrs=ptrs,
-            obj_ptr_offsets=offsets,
-        )
-        return self._run("memory_attention", feeds)["conditioned_features"]
+        self.session: VideoSession | None = None
+        log.debug("tracker on %s, processing %s", self.engine.describe(), self.graphs.processing)
 
     # -- public API ---------------------------------------------------------------------------
+    @property
+    def states(self) -> list[ObjectState]:
+        """The current video's objects, in the order they were first prompted."""
+        return list(self.session.objects.values()) if self.session else []
+
+    @property
+    def frame_index(self) -> int:
+        return self.session.frame_index if self.session else -1
+
+    def reset(self) -> None:
+        """Forget the current video (its objects and memories)."""
+        self.session = None
+
     def start(
         self, frame: np.ndarray, boxes: Sequence[float] | Sequence[Sequence[float]]
     ) -> list[ObjectResult]:
-        """Prompt frame 0 with one x,y,w,h box per object; returns their first-frame results.
-
-        ``boxes`` is one box or a list of boxes, in pixels of ``frame``; starting again resets
-        every object.
-        """
-        validate_frame(frame, "frame 0")
-        height, width = frame.shape[:2]
+        """Start a new video: prompt ``frame`` (frame 0) with one x,y,w,h box per object."""
         given = normalize_boxes(boxes)
         if not given:
             raise TrackerError("give at least one box x,y,w,h to track")
-        checked = [check_box(b, width, height, i) for i, b in enumerate(given)]
-        self.frame_size, self.frame_index, self.states = (width, height), 0, []
-        s = self.settings
-        feats = self._encode_image(frame)
-        results = []
-        scale = np.array([s.image_size / width, s.image_size / height], np.float32)
-        for obj_id, (x, y, w, h) in enumerate(checked):
-            coords = (np.array([[x, y], [x + w, y + h]], np.float32) * scale)[None]
-            dec = self._decode(
-                feats, feats["vision_features"], True, coords, np.array([[2.0, 3.0]])
-            )
-            ious = dec["iou_predictions"][0]
-            # SAM 2's dynamic multimask: keep the single-mask output unless it is unstable.
-            if float(dec["stability_score"][0, 0]) >= s.dynamic_multimask_stability_thresh:
-                cand = 0
-            else:
-                cand = 1 + int(np.argmax(ious[1:]))
-            score = float(dec["object_score_logits"][0, 0])
-            mask = self._filled(dec["masks"][0, cand])
-            entry = MemoryEntry(
-                frame=0,
-                features=self._encode_memory(
-                    feats, mask, score, s.binarize_mask_from_pts_for_mem_enc
-                ),
-                obj_ptr=dec["obj_ptr"][0, 0].copy(),  # the single-mask token, whatever the mask
-                iou=float(ious[cand]),
-                object_score=score,
-                kf_score=None,
-            )
-            bank = MemoryBank(
-                num_maskmem=s.num_maskmem,
-                max_obj_ptrs=s.max_obj_ptrs_in_encoder,
-                iou_threshold=s.memory_bank_iou_threshold,
-                obj_score_threshold=s.memory_bank_obj_score_threshold,
-                kf_score_threshold=s.memory_bank_kf_score_threshold,
-            )
-            bank.set_conditioning(entry)
-            state = ObjectState(obj_id=obj_id, memory=bank)
-            state.last = StepInfo(0, cand, entry.iou, score, None, None, (), (), mask)
-            self.states.append(state)
-            results.append(self._result(state, mask, score))
-        return results
+        self.reset()
+        return self.step(frame, box_prompts(given))
 
-    def step(self, frame: np.ndarray) -> list[ObjectResult]:
-        """Track every object into the next frame."""
-        if not self.states or self.frame_size is None:
-            raise TrackerError("call start(frame, boxes) on the first frame before step()")
-        t = self.frame_index + 1
-        validate_frame(frame, f"frame {t}")
-        if (frame.shape[1], frame.shape[0]) != self.frame_size:
-            w, h = self.frame_size
+    def step(self, frame: np.ndarray, prompts: Sequence[Prompt] = ()) -> list[ObjectResult]:
+        """Track every object into the next frame, applying ``prompts`` given for this frame.
+
+        The first call of a video (or after ``reset``) is frame 0. A prompt for a new object id
+        starts it here, one for a tracked object restarts it here, ``remove`` ends it.
+        """
+        if self.session is None and not prompts:
             raise TrackerError(
-                f"frame {t} is {frame.shape[1]}x{frame.shape[0]} but the video started at {w}x{h}; "
+                "call start(frame, boxes) on the first frame (or step(frame, prompts)) before step()"
+            )
+        session = self.session or self._new_session()
+        t = session.frame_index + 1
+        validate_frame(frame, f"frame {t}")
+        size = (int(frame.shape[1]), int(frame.shape[0]))
+        if session.frame_size is None:
+            session.frame_size = size
+        elif size != session.frame_size:
+            w, h = session.frame_size
+            raise TrackerError(
+                f"frame {t} is {size[0]}x{size[1]} but the video started at {w}x{h}; "
                 "all frames of a video must have one size"
             )
-        self.frame_index = t
-        feats = self._encode_image(frame)
-        return [self._track_object(state, feats, t) for state in self.states]
+        checked = self._check_prompts(prompts, t, size, session)
+        self.session = session
+        session.frame_index = t
+        for p in checked:
+            if p.remove:
+                self._remove(session, p.obj_id)
+        new = [p for p in checked if not p.remove]
+        tracked = [o for o in session.objects.values() if o.obj_id not in {p.obj_id for p in new}]
+        if not new and not tracked:
+            return []
+        feats = self.graphs.encode_image(frame)
+        low_res: dict[int, np.ndarray] = {}
+        scores: dict[int, float] = {}
+        for group in self._groups(tracked, t):
+            self._track_group(group, feats, t, low_res, scores)
+        for group in (c for g in _by_points(new) for c in _chunks(g, self.max_batch)):
+            self._prompt_group(group, feats, t, size, low_res, scores)
+        order = [o for o in session.objects.values() if o.obj_id in low_res]
+        finished = self.graphs.finish(np.stack([low_res[o.obj_id] for o in order]), size)
+        results = []
+        for obj, (mask, box) in zip(order, finished, strict=True):
+            score = scores[obj.obj_id]
+            present = bool(score > self.settings.min_obj_score_logits) and box is not None
+            iou = obj.last.iou if obj.last else 0.0
+            results.append(ObjectResult(obj.obj_id, mask, box, iou, present))
+        return results
+
+    def remove(self, obj_id: int) -> None:
+        """Stop tracking ``obj_id`` (its slots are reused by objects added later)."""
+        if self.session is None or obj_id not in self.session.objects:
+            raise TrackerError(f"object {obj_id} is not being tracked")
+        self._remove(self.session, obj_id)
 
     def track(
         self,
         video: Source,
-        box: Sequence[float] | Sequence[Sequence[float]],
+        box: Sequence[float] | Sequence[Sequence[float]] | None = None,
         *,
+        prompts: Iterable[Prompt] | None = None,
         max_frames: int | None = None,
     ) -> Iterator[FrameResult]:
         """Generator over a video: one ``FrameResult`` per frame, frames read one at a time.
 
         ``video`` is a video file, a folder of .jpg/.png frames, a webcam index, or any iterable
         (a list, a generator) of RGB uint8 HxWx3 numpy frames. ``box`` is one ``(x, y, w, h)``
-        box in pixels of the first frame, or a list of boxes to track several objects (one
-        image-encoder pass per frame for all of them). ``max_frames`` stops after that many.
+        box in pixels of the first frame, or a list of boxes for several objects (ids 0, 1, ...);
+        ``prompts`` adds prompts on any frame (ids after the boxes'). ``max_frames`` stops after
+        that many frames.
         """
-        for _, result in self.track_frames(video, box, max_frames=max_frames):
+        for _, result in self.track_frames(video, box, prompts=prompts, max_frames=max_frames):
             yield result
 
     def track_frames(
         self,
         video: Source,
-        box: Sequence[float] | Sequence[Sequence[float]],
+        box: Sequence[float] | Sequence[Sequence[float]] | None = None,
         *,
+        prompts: Iterable[Prompt] | None = None,
         max_frames: int | None = None,
     ) -> Iterator[tuple[np.ndarray, FrameResult]]:
         """Like ``track``, yielding ``(frame, result)`` so that callers can draw on the frame."""
-        boxes = normalize_boxes(box)
-        if not boxes:
-            raise TrackerError("give at least one box x,y,w,h to track")
+        schedule = self._schedule(box, prompts)
         if max_frames is not None and max_frames < 1:
             raise TrackerError(f"max_frames is {max_frames}; it must be at least 1")
         with open_frames(video) as source:
@@ -391,106 +393,359 @@ class Tracker:
             if self.num_frames is None:
                 counts = [n for n in (source.frame_count, max_frames) if n]
                 self.num_frames = min(counts) if counts else None
+            late = [f for f in schedule if self.num_frames is not None and f >= self.num_frames]
+            if late:
+                raise TrackerError(
+                    f"a prompt is on frame {min(late)} but the video has {self.num_frames} "
+                    "frame(s); prompt frames count from 0"
+                )
+            self.session = self._new_session()
             try:
                 for i, frame in enumerate(source):
                     if max_frames is not None and i >= max_frames:
                         break
-                    objects = self.start(frame, boxes) if i == 0 else self.step(frame)
+                    objects = self.step(frame, schedule.get(i, ()))
                     yield frame, FrameResult(i, objects)
             finally:
                 self.num_frames = self._num_frames_given
 
-    # -- SAMURAI's per-frame logic ------------------------------------------------------------
-    def _track_object(
-        self, state: ObjectState, feats: dict[str, np.ndarray], t: int
-    ) -> ObjectResult:
-        sel = state.memory.select(t, self.num_frames)
-        conditioned = self._attend(feats, sel)
-        dec = self._decode(
-            feats, conditioned, False, np.zeros((1, 1, 2), np.float32), np.array([[-1.0]])
-        )
-        ious = dec["iou_predictions"][0, 1:].astype(np.float32)
-        boxes = [[round(float(v)) for v in b] for b in dec["mask_boxes"][0, 1:]]
-        best, kf_score, kf_ious = self._samurai_choice(state, ious, boxes)
-        cand = best + 1
-        score = float(dec["object_score_logits"][0, 0])
-        raw = dec["masks"][0, cand]
-        entry = MemoryEntry(
-            frame=t,
-            features=self._encode_memory(feats, raw, score, False),
-            obj_ptr=dec["obj_ptr"][0, cand].copy(),
-            iou=float(ious[best]),
-            object_score=score,
-            kf_score=kf_score,
-        )
-        state.memory.add(entry)
-        mask = self._filled(raw)
-        state.last = StepInfo(
-            t,
-            cand,
-            entry.iou,
-            score,
-            kf_score,
-            kf_ious,
-            sel.memory_frames,
-            sel.pointer_frames,
-            mask,
-        )
-        return self._result(state, mask, score)
+    # -- the loop's pieces --------------------------------------------------------------------
+    def _new_session(self) -> VideoSession:
+        bank = self._bank()
+        pools = MemoryPools(self.engine, self.bundle, bank.memory_slots, bank.pointer_slots)
+        return VideoSession(pools=pools, num_frames=self.num_frames)
 
-    def _samurai_choice(
-        self, state: ObjectState, ious: np.ndarray, boxes: list[list[int]]
-    ) -> tuple[int, float | None, tuple[float, ...] | None]:
-        """SAMURAI's candidate choice and Kalman bookkeeping (``_forward_sam_heads``)."""
+    def _bank(self) -> MemoryBank:
         s = self.settings
-        if state.kf is None or state.stable_frames == 0:
-            best = int(np.argmax(ious))
-            state.kf = kalman.initiate(kalman.xyxy_to_xyah(boxes[best]))
-            state.stable_frames += 1
-            return best, None, None
-        if state.stable_frames < s.stable_frames_threshold:
-            state.kf = kalman.predict(state.kf)
-            best = int(np.argmax(ious))
-            if ious[best] > s.stable_ious_threshold:
-                state.kf = kalman.update(state.kf, kalman.xyxy_to_xyah(boxes[best]))
-                state.stable_frames += 1
+        return MemoryBank(
+            num_maskmem=s.num_maskmem,
+            max_obj_ptrs=s.max_obj_ptrs_in_encoder,
+            iou_threshold=s.memory_bank_iou_threshold,
+            obj_score_threshold=s.memory_bank_obj_score_threshold,
+            kf_score_threshold=s.memory_bank_kf_score_threshold,
+        )
+
+    def _schedule(self, box: Any, prompts: Iterable[Prompt] | None) -> dict[int, list[Prompt]]:
+        """Prompts by frame: the boxes on frame 0 (ids 0..n-1), then ``prompts``."""
+        given = normalize_boxes(box) if box is not None else []
+        extra = list(prompts or ())
+        if not given and not extra:
+            raise TrackerError("give at least one box x,y,w,h (or a prompt) to track")
+        schedule: dict[int, list[Prompt]] = defaultdict(list)
+        for p in box_prompts(given):
+            schedule[0].append(p)
+        for p in extra:
+            if not isinstance(p, Prompt):
+                raise TrackerError(f"prompts must be Prompt objects, got {type(p).__name__}")
+            if p.frame < 0:
+                raise TrackerError(f"prompt for object {p.obj_id} is on frame {p.frame} < 0")
+            schedule[p.frame].append(p)
+        return dict(schedule)
+
+    def _check_prompts(
+        self, prompts: Sequence[Prompt], t: int, size: tuple[int, int], session: VideoSession
+    ) -> list[Prompt]:
+        width, height = size
+        seen: set[int] = set()
+        out = []
+        for p in prompts:
+            where = f"prompt for object {p.obj_id} on frame {t}"
+            if p.frame != t:
+                raise TrackerError(f"{where} says frame {p.frame}; give it on that frame")
+            if p.obj_id in seen:
+                raise TrackerError(f"{where}: one prompt per object and frame (merge them)")
+            seen.add(p.obj_id)
+            if p.remove:
+                if p.obj_id not in session.objects:
+                    raise TrackerError(f"{where} removes an object that is not being tracked")
+                out.append(p)
+                continue
+            if p.box is None and not p.points:
+                raise TrackerError(f"{where} has neither a box nor points")
+            if len(p.labels) != len(p.points):
+                raise TrackerError(
+                    f"{where} has {len(p.points)} point(s) and {len(p.labels)} label(s); "
+                    "give one label (1 positive, 0 negative) per point"
+                )
+            if any(label not in (0, 1) for label in p.labels):
+                raise TrackerError(f"{where}: point labels must be 1 (positive) or 0 (negative)")
+            for x, y in p.points:
+                if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < width and 0 <= y < height):
+                    raise TrackerError(
+                        f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} frame"
+                    )
+            box = check_box(p.box, width, height, p.obj_id) if p.box is not None else None
+            out.append(dataclasses.replace(p, box=box))
+        return out
+
+    def _remove(self, session: VideoSession, obj_id: int) -> None:
+        obj = session.objects.pop(obj_id)
+        session.free_blocks.append(obj.block)
+
+    def _groups(self, tracked: list[ObjectState], t: int) -> list[list[Any]]:
+        """Tracked objects with their selections, batched by (memories, pointers) counts.
+
+        A static-shape graph pads every object to its slot counts, so one batch holds all.
+        """
+        groups: dict[tuple[int, int], list[Any]] = defaultdict(list)
+        for obj in tracked:
+            sel = obj.memory.select(t - obj.start, obj.num_frames)
+            key = (0, 0) if self.graphs.static else (len(sel.memories), len(sel.pointers))
+            groups[key].append((obj, sel))
+        return [c for g in groups.values() for c in _chunks(g, self.max_batch)]
+
+    def _track_group(
+        self,
+        group: list[Any],
+        feats: FrameFeatures,
+        t: int,
+        low_res: dict[int, np.ndarray],
+        scores: dict[int, float],
+    ) -> None:
+        pools = self.session.pools if self.session else None
+        assert pools is not None
+        mem_index = np.array(
+            [[pools.memory_index(o.block, s) for s in sel.memory_slots] for o, sel in group]
+        )
+        ptr_index = np.array(
+            [[pools.ptr_index(o.block, s) for s in sel.pointer_slots] for o, sel in group]
+        )
+        tpos = np.array([sel.tpos_index for _, sel in group])
+        offsets = np.array([sel.pointer_offsets for _, sel in group], np.float32)
+        conditioned = self.graphs.attend(feats, pools, mem_index, tpos, ptr_index, offsets)
+        dec = self.graphs.decode(conditioned, feats, prompted=False, batch=len(group))
+        choices = []
+        for i, (obj, _) in enumerate(group):
+            boxes = policy.rounded_boxes(dec.boxes[i, 1:])
+            choice = policy.samurai_choice(obj.motion, dec.ious[i, 1:], boxes, self.settings)
+            obj.motion = choice.motion
+            choices.append(choice)
+        cands = [c.candidate for c in choices]
+        entries = [
+            obj.memory.add(
+                MemoryEntry(
+                    frame=t - obj.start,
+                    iou=float(np.float32(dec.ious[i, c.candidate])),
+                    object_score=float(dec.object_scores[i]),
+                    kf_score=c.kf_score,
+                )
+            )
+            for i, ((obj, _), c) in enumerate(zip(group, choices, strict=True))
+        ]
+        self.graphs.encode_memory(
+            feats,
+            pools,
+            masks=dec.masks,
+            candidate=cands,
+            object_scores=dec.object_scores,
+            binarize=False,
+            obj_ptr=dec.obj_ptr,
+            ptr_candidate=cands,
+            memory_slot=[
+                pools.memory_index(o.block, e.slot)
+                for (o, _), e in zip(group, entries, strict=True)
+            ],
+            ptr_slot=[
+                pools.ptr_index(o.block, e.ptr_slot)
+                for (o, _), e in zip(group, entries, strict=True)
+            ],
+        )
+        chosen = self._filled(self.graphs.chosen_masks(dec, cands))
+        for i, ((obj, sel), c) in enumerate(zip(group, choices, strict=True)):
+            obj.last = StepInfo(
+                t,
+                c.candidate,
+                entries[i].iou,
+                entries[i].object_score,
+                c.kf_score,
+                c.kf_ious,
+                tuple(f + obj.start for f in sel.memory_frames),
+                tuple(f + obj.start for f in sel.pointer_frames),
+                chosen[i],
+            )
+            low_res[obj.obj_id] = chosen[i]
+            scores[obj.obj_id] = entries[i].object_score
+
+    def _prompt_group(
+        self,
+        group: list[Prompt],
+        feats: FrameFeatures,
+        t: int,
+        size: tuple[int, int],
+        low_res: dict[int, np.ndarray],
+        scores: dict[int, float],
+    ) -> None:
+        """Objects prompted on this frame with the same number of points: one decoder batch."""
+        session = self.session
+        assert session is not None
+        coords, labels = _prompt_points(group, size, self.settings.image_size)
+        dec = self.graphs.decode(
+            feats.vision_features, feats, prompted=True, coords=coords, labels=labels
+        )
+        multimask = policy.uses_multimask(group[0].num_points)
+        objs, cands, ptr_cands, choices = [], [], [], []
+        for i, p in enumerate(group):
+            obj = self._object_for(session, p.obj_id, t)
+            if multimask:  # one click: three candidates and SAMURAI's choice, as on tracked frames
+                boxes = policy.rounded_boxes(dec.boxes[i, 1:])
+                choice = policy.samurai_choice(obj.motion, dec.ious[i, 1:], boxes, self.settings)
+                obj.motion = choice.motion
+                cand = ptr_cand = choice.candidate
             else:
-                state.stable_frames = 0
-            return best, None, None
-        state.kf = kalman.predict(state.kf)
-        kf_ious = np.array(kalman.compute_iou(state.kf.mean[:4], boxes), np.float32)
-        w = np.float32(s.kf_score_weight)
-        weighted = w * kf_ious + (np.float32(1) - w) * ious
-        best = int(np.argmax(weighted))
-        if ious[best] < s.stable_ious_threshold:
-            state.stable_frames = 0
-        else:
-            state.kf = kalman.update(state.kf, kalman.xyxy_to_xyah(boxes[best]))
-        return best, float(kf_ious[best]), tuple(float(v) for v in kf_ious)
+                cand = policy.single_mask_choice(
+                    float(dec.stability[i]),
+                    dec.ious[i],
+                    self.settings.dynamic_multimask_stability_thresh,
+                )
+                ptr_cand, choice = 0, None  # the single-mask token's pointer, whatever the mask
+            objs.append(obj)
+            cands.append(cand)
+            ptr_cands.append(ptr_cand)
+            choices.append(choice)
+        chosen = self._filled(self.graphs.chosen_masks(dec, cands))
+        entries = [
+            obj.memory.set_conditioning(
+                MemoryEntry(
+                    frame=0,
+                    iou=float(np.float32(dec.ious[i, cands[i]])),
+                    object_score=float(dec.object_scores[i]),
+                    kf_score=None,
+                )
+            )
+            for i, obj in enumerate(objs)
+        ]
+        pools = session.pools
+        # The prompted frame's memory comes from the hole-filled mask, binarized (SAM 2's
+        # consolidation step), so the filled masks go back to the device.
+        self.graphs.encode_memory(
+            feats,
+            pools,
+            masks=chosen[:, None],
+            candidate=[0] * len(group),
+            object_scores=dec.object_scores,
+            binarize=self.settings.binarize_mask_from_pts_for_mem_enc,
+            obj_ptr=dec.obj_ptr,
+            ptr_candidate=ptr_cands,
+            memory_slot=[
+                pools.memory_index(o.block, e.slot) for o, e in zip(objs, entries, strict=True)
+            ],
+            ptr_slot=[
+                pools.ptr_index(o.block, e.ptr_slot) for o, e in zip(objs, entries, strict=True)
+            ],
+        )
+        for i, obj in enumerate(objs):
+            c = choices[i]
+            obj.last = StepInfo(
+                t,
+                cands[i],
+                entries[i].iou,
+                entries[i].object_score,
+                c.kf_score if c else None,
+                c.kf_ious if c else None,
+                (),
+                (),
+                chosen[i],
+            )
+            low_res[obj.obj_id] = chosen[i]
+            scores[obj.obj_id] = entries[i].object_score
+
+    def _object_for(self, session: VideoSession, obj_id: int, t: int) -> ObjectState:
+        """The object ``obj_id`` (re)started on frame ``t``: new motion state and memory bank."""
+        obj = session.objects.get(obj_id)
+        remaining = None if self.num_frames is None else self.num_frames - t
+        if obj is None:
+            if session.free_blocks:
+                block = session.free_blocks.pop(0)
+            else:
+                block = session.next_block
+                session.next_block += 1
+            session.pools.ensure(block + 1)
+            obj = ObjectState(obj_id, block, t, self._bank(), num_frames=remaining)
+            session.objects[obj_id] = obj
+            return obj
+        obj.start, obj.num_frames = t, remaining
+        obj.motion, obj.memory, obj.last = policy.Motion(), self._bank(), None
+        return obj
 
     def _filled(self, low_res: np.ndarray) -> np.ndarray:
         area = self.settings.fill_hole_area
         return fill_holes(low_res, area) if area > 0 else low_res
 
-    def _result(self, state: ObjectState, low_res: np.ndarray, score: float) -> ObjectResult:
-        assert self.frame_size is not None
-        w, h = self.frame_size
-        mask = upsample_mask_logits(low_res, (h, w)) > 0
-        box = mask_to_box(mask)
-        present = bool(score > self.settings.min_obj_score_logits) and box is not None
-        iou = state.last.iou if state.last else 0.0
-        return ObjectResult(obj_id=state.obj_id, mask=mask, box=box, score=iou, present=present)
+
+def _chunks(items: list[Any], size: int | None) -> list[list[Any]]:
+    if not size:
+        return [items]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _pad(x: np.ndarray, axis: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad ``axis`` of ``x`` with zeros to ``slots``; returns the array and its 1/0 validity."""
-    n = x.shape[axis]
-    if n > slots:
-        raise RuntimeError(f"{n} entries do not fit the static graph's {slots} slots")
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, slots - n)
-    valid = (np.arange(slots) < n).astype(np.float32)
-    return np.pad(x, widths), valid
+def _by_points(prompts: list[Prompt]) -> list[list[Prompt]]:
+    groups: dict[tuple[int, bool], list[Prompt]] = defaultdict(list)
+    for p in prompts:
+        groups[(p.num_points, p.box is not None)].append(p)
+    return list(groups.values())
+
+
+def _prompt_points(
+    group: list[Prompt], size: tuple[int, int], image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """SAM 2's point inputs: box corners (labels 2, 3) first, then the clicks, in model pixels.
+
+    Scaled as ``add_new_points_or_box`` does: ``points / [W, H] * image_size`` in float32.
+    """
+    width, height = size
+    scale = np.array([width, height], np.float32)
+    coords, labels = [], []
+    for p in group:
+        pts: list[Sequence[float]] = []
+        lab: list[float] = []
+        if p.box is not None:
+            x, y, w, h = p.box
+            pts += [(x, y), (x + w, y + h)]
+            lab += [2.0, 3.0]
+        pts += list(p.points)
+        lab += [float(v) for v in p.labels]
+        coords.append((np.asarray(pts, np.float32) / scale) * np.float32(image_size))
+        labels.append(lab)
+    return np.stack(coords).astype(np.float32), np.asarray(labels, np.float32)
+
+
+def settings_with(base: TrackerSettings, changes: Mapping[str, Any]) -> TrackerSettings:
+    """``base`` with run-time overrides; fixed (model or graph) settings and bad values refused."""
+    unknown = sorted(set(changes) - set(TrackerSettings.__dataclass_fields__))
+    fixed = sorted(set(changes) & FIXED_SETTINGS)
+    if unknown or fixed:
+        raise TrackerError(
+            f"tracker setting(s) {', '.join(fixed + unknown)} cannot be overridden"
+            + (" (they are fixed by the bundle)" if fixed else "")
+        )
+    area = changes.get("fill_hole_area")
+    if area is not None and (isinstance(area, bool) or not isinstance(area, int) or area < 0):
+        raise TrackerError(f"fill_hole_area is {area!r}; it must be 0 (off) or a positive int")
+    try:
+        return dataclasses.replace(base, **changes)
+    except (TypeError, ValueError) as exc:
+        raise TrackerError(f"tracker settings: {exc}") from None
+
+
+def engine_settings(
+    bundle: Bundle, device: str | None, threads: int | None, profile_prefix: str | None = None
+) -> EngineSettings:
+    """The engine, providers and options of the bundle's target, filtered by ``device``."""
+    from samurai_onnx.runtime.engine.onnxruntime import providers_for_device
+
+    target = bundle.target
+    providers = providers_for_device(
+        device,
+        tuple(target.get("providers") or ("CPUExecutionProvider",)),
+        target.get("provider_options") or {},
+    )
+    return EngineSettings(
+        engine=str(target.get("engine", "onnxruntime")),
+        providers=providers,
+        threads=threads,
+        options=dict(target.get("engine_options") or {}),
+        profile_prefix=profile_prefix,
+    )
 
 
 class SAMURAIONNXPredictor:
@@ -499,7 +754,7 @@ class SAMURAIONNXPredictor:
     ``model_dir`` is a bundle directory (made by ``samurai-compile``); it is loaded and verified
     here, so a bad bundle fails at construction with a ``BundleError``. ``device`` is ``cpu``,
     ``cuda`` or ``tensorrt``; other keyword arguments (``threads``, ``fill_hole_area``,
-    ``overrides``, ``num_frames``) go to :class:`Tracker`. Example::
+    ``overrides``, ``num_frames``, ``processing``) go to :class:`Tracker`. Example::
 
         predictor = SAMURAIONNXPredictor("bundles/base_plus-cpu", device="cpu")
         for result in predictor.track_video("clip.mp4", (450, 380, 250, 165)):
@@ -515,15 +770,17 @@ class SAMURAIONNXPredictor:
     def track_video(
         self,
         video_path: Source,
-        bbox: Sequence[float] | Sequence[Sequence[float]],
+        bbox: Sequence[float] | Sequence[Sequence[float]] | None = None,
         *,
+        prompts: Iterable[Prompt] | None = None,
         max_frames: int | None = None,
     ) -> Iterator[FrameResult]:
         """Generator of one :class:`FrameResult` per frame of ``video_path``.
 
         ``video_path`` is a video file, a folder of .jpg/.png frames, a webcam index or an
         iterable of RGB uint8 frames; ``bbox`` is ``(x, y, w, h)`` in pixels of the first frame,
-        or a list of such boxes for several objects. Frames are decoded and tracked one at a
-        time as the generator is consumed; each call starts a new track.
+        or a list of such boxes for several objects; ``prompts`` adds prompts on any frame.
+        Frames are decoded and tracked one at a time as the generator is consumed; each call
+        starts a new track.
         """
-        yield from self.tracker.track(video_path, bbox, max_frames=max_frames)
+        yield from self.tracker.track(video_path, bbox, prompts=prompts, max_frames=max_frames)

@@ -108,10 +108,12 @@ def _compiler_stamp() -> str:
     digest = hashlib.sha256()
     files = sorted(
         [
-            *(REPO / "compiler").rglob("*.py"),
+            *(f for f in (REPO / "compiler").rglob("*.py") if "evaluate" not in f.parts),
             *(REPO / "manifests").glob("*.yaml"),
             *(REPO / "targets").glob("*.yaml"),
             REPO / "runtime" / "bundle.py",
+            REPO / "runtime" / "contract.py",
+            REPO / "runtime" / "preprocess.py",
         ]
     )
     for f in files:

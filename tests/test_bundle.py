@@ -89,7 +89,7 @@ def test_hash_mismatch(bundle: Path) -> None:
     load_bundle(bundle, verify_hashes=False)  # the check is the hash, nothing else
 
 
-@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, "1", True, None])
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, FORMAT_VERSION - 1, 0, "1", True, None])
 def test_unknown_format_version(bundle: Path, version: Any) -> None:
     _edit(bundle, lambda d: d.__setitem__("format_version", version))
     _error(bundle, f"format version {version!r}", f"reads version {FORMAT_VERSION}", "rebuild")
@@ -148,17 +148,48 @@ def test_missing_component(bundle: Path) -> None:
     _error(bundle, "mask_decoder", "missing", "--components all")
 
 
-def test_unknown_graph(bundle: Path) -> None:
-    _edit(bundle, lambda d: d["components"]["mask_decoder"].__setitem__("graph", "image_encoder"))
-    _error(bundle, "components.mask_decoder.graph", "'image_encoder'")
+def test_static_flag_on_another_graph(bundle: Path) -> None:
+    _edit(bundle, lambda d: d["components"]["mask_decoder"].__setitem__("static", True))
+    _error(bundle, "components.mask_decoder.static", "not valid for mask_decoder")
+
+
+def test_unknown_component(bundle: Path) -> None:
+    _edit(bundle, lambda d: d["components"].__setitem__("refiner", d["components"]["postprocess"]))
+    _error(bundle, "components.refiner", "not a graph this runtime knows")
 
 
 def test_inputs_of_another_version(bundle: Path) -> None:
     def rename(d: dict[str, Any]) -> None:
-        d["components"]["memory_encoder"]["inputs"][1]["name"] = "mask"
+        d["components"]["memory_encoder"]["inputs"][1]["name"] = "mask_logits"
 
     _edit(bundle, rename)
-    _error(bundle, "components.memory_encoder", "differ from this runtime's", "rebuild")
+    _error(bundle, "components.memory_encoder", "the contract says", "rebuild")
+
+    def retype(d: dict[str, Any]) -> None:
+        d["components"]["memory_encoder"]["inputs"][1]["name"] = "masks"
+        d["components"]["memory_encoder"]["inputs"][2]["dtype"] = "float32"
+
+    _edit(bundle, retype)
+    _error(bundle, "components.memory_encoder", "candidate is float32", "int64")
+
+
+def test_swapped_graphs_with_consistent_hashes(bundle: Path) -> None:
+    """Two graphs' files swapped, hashes swapped with them: bundle.yaml reads fine, but each ONNX
+    file's real signature is checked against its contract when the graphs are loaded."""
+    from samurai_onnx.runtime.tracker import Tracker
+
+    def swap(d: dict[str, Any]) -> None:
+        a, b = d["components"]["mask_decoder"], d["components"]["memory_encoder"]
+        for key in ("file", "sha256"):
+            a[key], b[key] = b[key], a[key]
+
+    _edit(bundle, swap)
+    loaded = load_bundle(bundle)
+    with pytest.raises(BundleError) as info:
+        Tracker(loaded, processing="host")
+    message = str(info.value)
+    assert "memory_encoder.onnx does not match its graph contract" in message, message
+    assert "rebuild" in message and "\n" not in message
 
 
 def test_malformed_component(bundle: Path) -> None:

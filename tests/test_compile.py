@@ -27,16 +27,16 @@ from samurai_onnx.compiler.checkpoint import randomize_state_dict, save_official
 from samurai_onnx.compiler.graphs import example_inputs
 from samurai_onnx.compiler.manifest import load_model_manifest
 from samurai_onnx.compiler.modeling.sam2 import load_sam2
-from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, NumericError
+from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, NumericError, bf16_step
 from samurai_onnx.runtime.bundle import (
     COMPONENTS,
     FORMAT_VERSION,
-    GRAPH_IO,
     TrackerSettings,
     load_bundle,
     sha256_file,
 )
-from samurai_onnx.runtime.session import create_session
+from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract, example_feeds, ort_signature
+from samurai_onnx.runtime.engine.onnxruntime import create_session
 
 pytestmark = [requires_oracle]
 
@@ -79,49 +79,97 @@ def test_cpu_bundle_manifest(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
     }
     assert data["model"] == {"name": "tiny", "config": manifest.model.to_dict()}
     assert data["target"]["name"] == "cpu" and data["target"]["precision"] == "fp32"
+    assert data["target"]["processing"] == "graph" and data["target"]["engine"] == "onnxruntime"
     tracker = data["tracker"]
     assert tracker["kf_score_weight"] == 0.25
     assert tracker["stable_frames_threshold"] == 15 and tracker["memory_shape"] == "dynamic"
     assert tracker == manifest.tracker.to_dict()
     assert list(data["components"]) == list(COMPONENTS)
+    geo = manifest.tracker.geometry
     for name, info in data["components"].items():
-        assert info["file"] == f"{name}.onnx" and info["graph"] == name
+        assert info["file"] == f"{name}.onnx" and info["static"] is False
         assert info["sha256"] == sha256_file(tiny_bundle / info["file"])
         assert info["precision"] == "fp32"
-        # the cpu target allows fused kernels: the manifest's fused lowering where it offers one
-        fused = manifest.components[name].fused_attention
-        assert info["attention"] == (fused or manifest.components[name].attention)
-        assert [i["name"] for i in info["inputs"]] == list(GRAPH_IO[name]["inputs"])
-        assert [o["name"] for o in info["outputs"]] == list(GRAPH_IO[name]["outputs"])
-        spec = {s.name: s for s in manifest.components[name].inputs}
-        for item in info["inputs"]:  # the manifest's dynamic axes, by name
-            assert tuple(item["shape"]) == spec[item["name"]].shape, item
-            assert item["dtype"] == spec[item["name"]].dtype
-        batch = "batch" if name == "image_encoder" else "objects"
-        for item in info["outputs"]:  # only the batch/objects axis varies
-            assert item["dtype"] == "float32"
-            assert item["shape"][0] == batch, item
-            assert all(isinstance(d, int) and d > 0 for d in item["shape"][1:]), item
-        assert set(info["max_abs_error"]) == set(GRAPH_IO[name]["outputs"])
+        spec = contract(name, geo)
+        # the recorded signature is the contract's, named axes included
+        assert [(i["name"], i["dtype"], i["shape"]) for i in info["inputs"]] == [
+            (t.name, t.dtype, list(t.shape)) for t in spec.inputs
+        ]
+        assert [(o["name"], o["dtype"], o["shape"]) for o in info["outputs"]] == [
+            (t.name, t.dtype, list(t.shape)) for t in spec.outputs
+        ]
+        if name in manifest.components:  # the cpu target allows fused kernels
+            fused = manifest.components[name].fused_attention
+            assert info["attention"] == (fused or manifest.components[name].attention)
+            assert info["tolerance"] == 1e-4
+            assert set(info["max_abs_error"]) == set(spec.output_names)
         for output, err in info["max_abs_error"].items():
-            assert 0 <= err <= max(1e-4, DISCRETE_FLOORS.get(output, 0.0)), (name, output, err)
-        assert info["tolerance"] == 1e-4
+            assert 0 <= err <= max(info["tolerance"], DISCRETE_FLOORS.get(output, 0.0)), (
+                name,
+                output,
+                err,
+            )
+    consts = {k: v["constants"] for k, v in data["components"].items()}
+    assert consts["mask_decoder"] == {
+        "min_obj_score_logits": -1.0,
+        "dynamic_multimask_stability_delta": 0.05,
+    }
+    assert consts["memory_encoder"] == {"memory_bf16": True}
+    assert consts["preprocess"]["image_std"] == [0.229, 0.224, 0.225]
     shapes = {i["name"]: i["shape"] for i in data["components"]["memory_attention"]["inputs"]}
-    assert shapes["memory"] == ["objects", "num_memories", 64, 64, 64]
-    assert shapes["obj_ptrs"] == ["objects", "num_pointers", 256]
-    assert shapes["memory_tpos_index"] == ["num_memories"]
+    assert shapes["memory_pool"] == ["memory_slots", 64, 64, 64]
+    assert shapes["memory_index"] == ["objects", "memories"]
+    assert shapes["ptr_offsets"] == ["objects", "pointers"]
 
 
 def test_cpu_bundle_loads_and_runs(tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle)  # verifies every hash
     assert bundle.tracker.kf_score_weight == 0.25
+    geo = bundle.tracker.geometry
     for name in COMPONENTS:
         session = ort.InferenceSession(str(bundle.file(name)), providers=["CPUExecutionProvider"])
-        assert tuple(i.name for i in session.get_inputs()) == GRAPH_IO[name]["inputs"]
-    # dynamic axes really are dynamic: 2 objects, other memory and pointer counts
-    feeds = _feeds("memory_attention", bundle.tracker, objects=2, memories=2, pointers=9)
+        contract(name, geo).check(*ort_signature(session))  # the real files, not bundle.yaml
+    # dynamic axes really are dynamic: 3 objects, other memory and pointer counts, other pools
+    dims = {"objects": 3, "memories": 2, "pointers": 9, "memory_slots": 40, "ptr_slots": 50}
+    feeds = example_feeds(contract("memory_attention", geo), geo, dims)
     out = _run(bundle.file("memory_attention"), feeds)["conditioned_features"]
-    assert out.shape == (2, 256, 64, 64) and np.isfinite(out).all()
+    assert out.shape == (3, 256, 64, 64) and np.isfinite(out).all()
+
+
+def test_batched_objects_equal_one_by_one(tiny_bundle: Path) -> None:
+    """Every per-object graph gives each object of a batch what it gives that object alone."""
+    bundle = load_bundle(tiny_bundle)
+    geo = bundle.tracker.geometry
+    dims = {
+        "objects": 3, "embed_batch": 3, "memories": 4, "pointers": 6, "points": 2,
+        "candidates": 4, "ptr_candidates": 4, "memory_slots": 3 * geo.memory_slots,
+        "ptr_slots": 3 * geo.pointer_slots, "height": 90, "width": 160,
+    }  # fmt: skip
+    per_object = {"memory_index", "memory_tpos_index", "ptr_index", "ptr_offsets", "image_embed",
+                  "add_no_mem_embed", "point_coords", "point_labels", "mask_input",
+                  "has_mask_input", "masks", "candidate", "object_score_logits", "binarize",
+                  "obj_ptr", "ptr_candidate", "memory_slot", "ptr_slot", "mask_logits"}  # fmt: skip
+    worst: dict[str, float] = {}
+    for name in ("memory_attention", "mask_decoder", "memory_encoder", "postprocess"):
+        feeds = example_feeds(contract(name, geo), geo, dims, seed=1)
+        together = _run(bundle.file(name), feeds)
+        for i in range(3):
+            alone = _run(
+                bundle.file(name),
+                {k: v[i : i + 1] if k in per_object else v for k, v in feeds.items()},
+            )
+            for out, value in alone.items():
+                if out.endswith("pool_out"):  # the whole pool comes back; compare this object's rows
+                    rows = feeds["memory_slot" if out.startswith("memory") else "ptr_slot"][i]
+                    value, ref = value[rows], together[out][rows]
+                else:
+                    ref = together[out][i : i + 1]
+                diff = np.abs(value.astype(np.float32) - ref.astype(np.float32))
+                if out == "memory_pool_out":  # bf16-rounded: a 1e-7 difference can be one step
+                    diff = np.maximum(diff - bf16_step(ref), 0.0)
+                worst[f"{name}.{out}"] = max(worst.get(f"{name}.{out}", 0.0), float(diff.max()))
+    print(f"\nbatch of 3 vs one object at a time, max abs difference: {worst}")
+    assert all(v <= 2e-5 for v in worst.values()), worst
 
 
 # -- cuda-fp16 -------------------------------------------------------------------------------------
@@ -142,11 +190,18 @@ def test_fp16_bundle(fp16_bundle: Path, tiny_bundle: Path) -> None:
     manifest = load_model_manifest(TINY)
     settings = manifest.tracker
     for name, info in data["components"].items():
+        if name not in MODEL_GRAPHS:  # preprocess / postprocess hold no weights: kept fp32
+            assert info["precision"] == "fp32", name
+            continue
         assert info["precision"] == "fp16"
         tolerance = manifest.components[name].tolerance["fp16"]
         assert info["tolerance"] == tolerance
-        for output, err in info["max_abs_error"].items():  # the declared tolerance, with margin
-            assert err <= max(tolerance / 4, DISCRETE_FLOORS.get(output, 0.0)), (name, output)
+        # The declared tolerance, with margin; the memory encoder's binarized (prompted-frame)
+        # masks (+-10 after scaling) through fp16 convolutions on the CPU provider reach 0.41 of
+        # its 0.5 (0.03 for the tracked frames' sigmoid masks), so it gets the tolerance itself.
+        margin = 1.0 if name == "memory_encoder" else 4.0
+        for output, err in info["max_abs_error"].items():
+            assert err <= max(tolerance / margin, DISCRETE_FLOORS.get(output, 0.0)), (name, output)
         model = onnx.load(str(fp16_bundle / info["file"]))
         # fp32 graph inputs and outputs ...
         for value in [*model.graph.input, *model.graph.output]:
@@ -169,7 +224,7 @@ def test_fp16_bundle(fp16_bundle: Path, tiny_bundle: Path) -> None:
         want = _run(tiny_bundle / f"{name}.onnx", feeds)
         for output in names:
             assert got[output].dtype == np.float32
-            limit = max(tolerance / 4, DISCRETE_FLOORS.get(output, 0.0))
+            limit = max(tolerance / margin, DISCRETE_FLOORS.get(output, 0.0))
             assert np.abs(got[output] - want[output]).max() <= limit, (name, output)
 
 
@@ -179,7 +234,7 @@ def test_fp16_bundle_on_cuda(request: pytest.FixtureRequest, tiny_bundle: Path) 
         pytest.skip("CUDAExecutionProvider is not available (install onnxruntime-gpu and CUDA)")
     fp16_bundle: Path = request.getfixturevalue("fp16_bundle")
     settings = load_model_manifest(TINY).tracker
-    for name in COMPONENTS:
+    for name in MODEL_GRAPHS:
         session = ort.InferenceSession(
             str(fp16_bundle / f"{name}.onnx"), providers=["CUDAExecutionProvider"]
         )
@@ -211,19 +266,23 @@ def test_ort_mobile_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:
     for name, info in data["components"].items():
         path = out / info["file"]
         assert path.suffix == ".ort" and path.read_bytes()[4:8] == b"ORTM"  # ORT format
-        quantized = manifest.components[name].quantization is not None
+        spec_m = manifest.components.get(name)
+        quantized = spec_m is not None and spec_m.quantization is not None
         assert info["precision"] == ("int8" if quantized else "fp32"), name
-        tolerance = manifest.components[name].tolerance["int8" if quantized else "fp32"]
+        tolerance = (
+            spec_m.tolerance["int8" if quantized else "fp32"] if spec_m else info["tolerance"]
+        )
         assert info["tolerance"] == tolerance
         for output, err in info["max_abs_error"].items():
             assert err <= max(tolerance, DISCRETE_FLOORS.get(output, 0.0)), (name, output)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        assert tuple(i.name for i in session.get_inputs()) == GRAPH_IO[info["graph"]]["inputs"]
+        spec = contract(name, bundle.tracker.geometry, static=info["static"])
+        spec.check(*ort_signature(session))
     attention = data["components"]["memory_attention"]
-    assert attention["graph"] == "memory_attention_static"
+    assert attention["static"] is True
     shapes = {i["name"]: i["shape"] for i in attention["inputs"]}
-    assert shapes["memory"] == ["objects", 7, 64, 64, 64] and shapes["memory_valid"] == [7]
-    assert shapes["obj_ptrs"] == ["objects", 16, 256] and shapes["obj_ptr_valid"] == [16]
+    assert shapes["memory_index"] == ["objects", 7] and shapes["memory_valid"] == ["objects", 7]
+    assert shapes["ptr_index"] == ["objects", 16] and shapes["ptr_valid"] == ["objects", 16]
 
 
 # -- tensorrt: static memory attention == dynamic, whatever fills the empty slots ------------------
@@ -242,30 +301,32 @@ def test_static_memory_attention_matches_dynamic(
     )
     data = _manifest(out)
     info = data["components"]["memory_attention"]
-    assert info["graph"] == "memory_attention_static" and info["precision"] == "fp32"
+    assert info["static"] is True and info["precision"] == "fp32"
     assert data["target"]["providers"][0] == "TensorrtExecutionProvider"
     assert data["tracker"]["memory_shape"] == "static"
-    settings = load_model_manifest(TINY).tracker
-    n_slots, p_slots = settings.static_memory_slots, settings.static_pointer_slots
+    geo = load_model_manifest(TINY).tracker.geometry
+    n_slots, p_slots = geo.memory_slots, geo.pointer_slots
     static = create_session(out / info["file"], ("CPUExecutionProvider",))
     dynamic = create_session(tiny_bundle / "memory_attention.onnx", ("CPUExecutionProvider",))
     rng = np.random.default_rng(7)
     worst = control = 0.0
+    pools = {"memory_slots": 2 * n_slots, "ptr_slots": 2 * p_slots}  # the unused half: garbage
     for seed, (n, p) in enumerate([(1, 1), (3, 5), (n_slots, p_slots)]):
-        real = _feeds("memory_attention", settings, seed=seed, memories=n, pointers=p)
-        garbage = {  # the empty slots get random values, not zeros
-            "memory": rng.normal(0, 3, (1, n_slots - n, 64, 64, 64)),
-            "memory_pos_enc": rng.normal(0, 3, (1, n_slots - n, 64, 64, 64)),
-            "memory_tpos_index": rng.integers(0, settings.num_maskmem, n_slots - n),
-            "obj_ptrs": rng.normal(0, 3, (1, p_slots - p, 256)),
-            "obj_ptr_offsets": rng.uniform(-1, 1, p_slots - p),
+        dims = {"objects": 1, "memories": n, "pointers": p, **pools}
+        real = example_feeds(contract("memory_attention", geo), geo, dims, seed=seed)
+        real["memory_pool"] *= 3.0  # every slot holds random values, the attended ones too
+        # the padding points at other (random) slots with random temporal positions
+        pad = {
+            "memory_index": rng.integers(0, 2 * n_slots, (1, n_slots - n)),
+            "memory_tpos_index": rng.integers(0, geo.num_maskmem, (1, n_slots - n)),
+            "ptr_index": rng.integers(0, 2 * p_slots, (1, p_slots - p)),
+            "ptr_offsets": rng.uniform(-1, 1, (1, p_slots - p)),
         }
-        feeds = {k: v for k, v in real.items() if k not in garbage}
-        for key, pad in garbage.items():
-            axis = 0 if real[key].ndim == 1 else 1
-            feeds[key] = np.concatenate([real[key], pad.astype(real[key].dtype)], axis=axis)
-        feeds["memory_valid"] = (np.arange(n_slots) < n).astype(np.float32)
-        feeds["obj_ptr_valid"] = (np.arange(p_slots) < p).astype(np.float32)
+        feeds = dict(real)
+        for key, extra in pad.items():
+            feeds[key] = np.concatenate([real[key], extra.astype(real[key].dtype)], axis=1)
+        feeds["memory_valid"] = (np.arange(n_slots) < n).astype(np.float32)[None]
+        feeds["ptr_valid"] = (np.arange(p_slots) < p).astype(np.float32)[None]
         (want,) = dynamic.run(None, real)
         (got,) = static.run(None, feeds)
         err = float(np.abs(got - want).max())
@@ -273,7 +334,7 @@ def test_static_memory_attention_matches_dynamic(
         assert err <= 1e-4, (n, p, err)
         if n == 1:  # control: the same garbage marked valid does change the result
             feeds["memory_valid"][:] = 1.0
-            feeds["obj_ptr_valid"][:] = 1.0
+            feeds["ptr_valid"][:] = 1.0
             (unmasked,) = static.run(None, feeds)
             control = float(np.abs(unmasked - want).max())
             assert control > 1e-2, control
@@ -335,7 +396,7 @@ def test_pass_that_breaks_numbers_fails(
             components=["memory_encoder"],
         )
     message = str(info.value)
-    for needle in ("memory_encoder", "pass 'simplify'", "output maskmem_features", "tolerance"):
+    for needle in ("memory_encoder", "pass 'simplify'", "output memory_pool_out", "tolerance"):
         assert needle in message, message
     assert f"{TINY}: components.memory_encoder.tolerance.fp32" in message
     assert not (tmp_path / "b" / "bundle.yaml").exists()
@@ -429,20 +490,20 @@ def test_export_script(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert "export" in plain.stdout and "simplify" not in plain.stdout
     info = _manifest(tmp_path / "plain")["components"]["memory_encoder"]
     assert list(_manifest(tmp_path / "plain")["components"]) == ["memory_encoder"]
-    assert info["inputs"][0]["shape"] == [1, 256, 64, 64]  # batch fixed without --dynamic_batch
-    assert info["outputs"][0]["shape"] == [1, 64, 64, 64]
+    assert info["inputs"][1]["shape"] == [1, "candidates", 256, 256]  # batch fixed without
+    assert info["inputs"][2]["shape"] == [1]  # --dynamic_batch: one object per call
+    assert info["outputs"][0]["shape"] == ["memory_slots", 64, 64, 64]
 
     opt = _export_script(*common, "--optimize", "--dynamic_batch", "--output_dir", tmp_path / "o")
     assert opt.returncode == 0, opt.stderr
     assert "simplify" in opt.stdout
     info = _manifest(tmp_path / "o")["components"]["memory_encoder"]
-    assert info["inputs"][0]["shape"] == ["objects", 256, 64, 64]
-    assert info["outputs"][0]["shape"] == ["objects", 64, 64, 64]
+    assert info["inputs"][1]["shape"] == ["objects", "candidates", 256, 256]
     session = ort.InferenceSession(
         str(tmp_path / "o" / "memory_encoder.onnx"), providers=["CPUExecutionProvider"]
     )
-    feeds = _feeds("memory_encoder", load_model_manifest(TINY).tracker, objects=2)
-    assert session.run(None, feeds)[0].shape == (2, 64, 64, 64)
+    feeds = _feeds("memory_encoder", load_model_manifest(TINY).tracker, objects=3)
+    assert session.run(None, feeds)[0].shape == (3 * 7, 64, 64, 64)
 
 
 def test_export_script_errors(tmp_path: Path) -> None:

@@ -41,11 +41,19 @@ def _compare(
     n: int,
     overrides: dict[str, float],
     fill_hole_area: int,
+    processing: str = "host",
+    min_iou: float = 0.99,
 ) -> list[dict[str, object]]:
     oracle = build_oracle("tiny", ckpt, {**overrides, "fill_hole_area": fill_hole_area})
     expected = list(run_oracle(oracle, frames_dir, box, max_frames=n))  # type: ignore[arg-type]
     assert len(expected) == n
-    tracker = Tracker(bundle, fill_hole_area=fill_hole_area, num_frames=n, overrides=overrides)
+    tracker = Tracker(
+        bundle,
+        fill_hole_area=fill_hole_area,
+        num_frames=n,
+        overrides=overrides,
+        processing=processing,
+    )
     rows = []
     for res, ref in zip(tracker.track(frames_dir, box), expected, strict=False):
         ours, info = res.objects[0], tracker.states[0].last
@@ -63,7 +71,7 @@ def _compare(
             "candidate": ref.candidate,
         }
         rows.append(row)
-        assert iou >= 0.99, f"frame {ref.index}: mask IoU {iou:.4f} < 0.99"
+        assert iou >= min_iou, f"frame {ref.index}: mask IoU {iou:.4f} < {min_iou}"
         b_ours, b_ref = ours.box, mask_to_box(ref.mask)
         assert (b_ours is None) == (b_ref is None), f"frame {ref.index}: box {b_ours} vs {b_ref}"
         if b_ours and b_ref:

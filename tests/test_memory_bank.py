@@ -88,15 +88,7 @@ class Reference:
 
 def _entry(frame: int, scores: Scores) -> MemoryEntry:
     iou, obj, kf = scores
-    # the features and pointer carry the frame number so that the selection can be traced back
-    return MemoryEntry(
-        frame=frame,
-        features=np.full((2, 2, 2), frame, np.float32),
-        obj_ptr=np.full(4, frame, np.float32),
-        iou=iou,
-        object_score=obj,
-        kf_score=kf,
-    )
+    return MemoryEntry(frame=frame, iou=iou, object_score=obj, kf_score=kf)
 
 
 def _random_scores(rng: np.random.Generator, n: int, p_valid: float) -> list[Scores]:
@@ -128,7 +120,12 @@ def _run(
     """Drive bank and reference through the sequence; returns how many frames were compared."""
     ref = Reference(num_maskmem=num_maskmem, max_obj_ptrs_in_encoder=max_obj_ptrs)
     bank = MemoryBank(num_maskmem=num_maskmem, max_obj_ptrs=max_obj_ptrs)
-    bank.set_conditioning(_entry(0, (1.0, 5.0, None)))
+    # Stand-ins for the object's blocks of the device pools: each slot holds the frame number
+    # written into it, so a slot reused while its frame could still be selected shows up.
+    pool = np.full(bank.memory_slots, -1)
+    ptr_pool = np.full(bank.pointer_slots, -1)
+    cond = bank.set_conditioning(_entry(0, (1.0, 5.0, None)))
+    pool[cond.slot], ptr_pool[cond.ptr_slot] = 0, 0
     history: dict[int, Scores] = {}
     n = len(scores) if num_frames is None else min(len(scores), num_frames)
     compared = 0
@@ -139,13 +136,15 @@ def _run(
         assert list(sel.tpos_index) == tpos, f"frame {t}: tpos {sel.tpos_index} vs {tpos}"
         assert list(sel.pointer_frames) == ptr_frames, f"frame {t}: pointer frames"
         assert sel.pointer_offsets == pytest.approx(offsets, rel=0, abs=0), f"frame {t}: offsets"
-        # the arrays handed to memory attention are those of the named frames
-        assert [int(m.features[0, 0, 0]) for m in sel.memories] == mem
-        assert [int(p[0]) for p in sel.pointers] == ptr_frames
+        # the slots handed to memory attention hold the named frames
+        assert [int(pool[s]) for s in sel.memory_slots] == mem, f"frame {t}: memory slots"
+        assert [int(ptr_pool[s]) for s in sel.pointer_slots] == ptr_frames, f"frame {t}: ptrs"
         compared += 1
 
         history[t] = scores[t]
-        bank.add(_entry(t, scores[t]))
+        placed = bank.add(_entry(t, scores[t]))
+        assert 0 < placed.slot < bank.memory_slots and 0 < placed.ptr_slot < bank.pointer_slots
+        pool[placed.slot], ptr_pool[placed.ptr_slot] = t, t
         # bounded: at most num_maskmem-1 valid + 1 last + (max_obj_ptrs-1) pointer entries
         assert len(bank.valid) <= num_maskmem - 1
         assert len(bank.pointer_ring) <= max_obj_ptrs - 1

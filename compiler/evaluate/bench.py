@@ -1,11 +1,19 @@
 """Benchmark a bundle and SAMURAI's PyTorch reference side by side, in one run, on one machine.
 
-Each side runs in its own subprocess (so peak RSS is each side's own): per-component latency
-(median and p90 over repeats) for each batch size, and the end-to-end steady-state seconds per
-frame of the tracking loop with a full memory bank. A full bank needs every frame to pass
-SAMURAI's memory criteria; with random weights few do, so both sides run with the memory-bank
-thresholds lowered (the same settings for both): from frame 7 on every frame attends to 7
-memories, from frame 16 on to 16 pointers as well, which is SAMURAI's steady state.
+Each side runs in its own subprocess (so peak RSS is each side's own):
+
+- per-graph latency (median and p90 over repeats) for each batch size (objects), with inputs
+  made from the graph contract (a full bank: 7 memories, 16 pointers);
+- end to end, for each object count: steady-state seconds per frame with a full memory bank,
+  split into the time inside graph runs and the host time outside them; for the bundle also
+  with every object run alone (batch-1 passes), which shows what batching saves;
+- per-frame mask IoU of every side against the fp32 reference (one object).
+
+A full bank needs every frame to pass SAMURAI's memory criteria; with random weights few do, so
+both sides run with the memory-bank thresholds lowered (the same for both): from frame 7 on
+every frame attends to 7 memories, from frame 16 on to 16 pointers as well, which is SAMURAI's
+steady state. On ``--device cuda`` the reference runs on the GPU in fp32 and in SAMURAI's fp16
+autocast.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,7 @@ from typing import Any
 import numpy as np
 
 FULL_BANK = {"memory_bank_iou_threshold": -1.0, "memory_bank_obj_score_threshold": -1.0e9}
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 @dataclass
@@ -36,65 +45,48 @@ class Timing:
 
 
 @dataclass
+class EndToEnd:
+    seconds_per_frame: float
+    graph_seconds_per_frame: float | None
+    host_seconds_per_frame: float | None
+    frames_timed: int
+
+
+@dataclass
 class SideResult:
     side: str
     components: dict[str, dict[int, Timing]] = field(default_factory=dict)
-    seconds_per_frame: float = 0.0
-    frames_timed: int = 0
+    end_to_end: dict[int, EndToEnd] = field(default_factory=dict)
+    unbatched: dict[int, EndToEnd] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    engine: str = ""
+    masks_file: str = ""
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> Timing:
+def _time(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None) -> Timing:
     fn()  # warm-up
+    sync()
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t0)
     return Timing(float(np.median(ts)), float(np.percentile(ts, 90)))
 
 
-def _feeds(
-    name: str, b: int, s: Any, rng: np.random.Generator, static: bool
-) -> dict[str, np.ndarray]:
-    def r(*shape: int) -> np.ndarray:
-        return rng.standard_normal(shape).astype(np.float32)
+def contract_feeds(name: str, b: int, settings: Any, static: bool) -> dict[str, np.ndarray]:
+    """Feeds for graph ``name`` at ``b`` objects with a full bank (7 memories, 16 pointers)."""
+    from samurai_onnx.runtime.contract import contract, example_feeds
 
-    f, c, m, low = s.feat_size, s.d_model, s.mem_dim, s.low_res_mask_size
-    if name == "image_encoder":
-        return {"image": r(b, 3, s.image_size, s.image_size)}
-    if name == "mask_decoder":
-        return {
-            "image_embed": r(b, c, f, f),
-            "add_no_mem_embed": np.zeros(1, np.float32),
-            "high_res_feat_s0": r(b, c // 8, 4 * f, 4 * f),
-            "high_res_feat_s1": r(b, c // 4, 2 * f, 2 * f),
-            "point_coords": np.zeros((b, 1, 2), np.float32),
-            "point_labels": -np.ones((b, 1), np.float32),
-            "mask_input": np.zeros((b, 1, low, low), np.float32),
-            "has_mask_input": np.zeros(1, np.float32),
-        }
-    if name == "memory_encoder":
-        return {
-            "vision_features": r(b, c, f, f),
-            "mask_logits": r(b, 1, low, low),
-            "object_score_logits": np.ones((b, 1), np.float32),
-            "binarize": np.zeros(1, np.float32),
-        }
-    n, p = s.num_maskmem, s.max_obj_ptrs_in_encoder
-    feeds = {
-        "vision_features": r(b, c, f, f),
-        "vision_pos_enc": r(b, c, f, f),
-        "memory": r(b, n, m, f, f),
-        "memory_pos_enc": r(b, n, m, f, f),
-        "memory_tpos_index": np.arange(n)[::-1].astype(np.int64),
-        "obj_ptrs": r(b, p, c),
-        "obj_ptr_offsets": (np.arange(p) / (p - 1)).astype(np.float32),
-    }
-    if static:
-        feeds["memory_valid"] = np.ones(n, np.float32)
-        feeds["obj_ptr_valid"] = np.ones(p, np.float32)
-    return feeds
+    geo = settings.geometry
+    s, p = geo.memory_slots, geo.pointer_slots
+    dims = {
+        "batch": b, "objects": b, "embed_batch": b, "memories": s, "pointers": p, "points": 1,
+        "candidates": 4, "ptr_candidates": 4, "memory_slots": b * s, "ptr_slots": b * p,
+        "height": 720, "width": 1280,
+    }  # fmt: skip
+    return example_feeds(contract(name, geo, static=static), geo, dims)
 
 
 def _frames(video: str | None, n: int) -> list[np.ndarray]:
@@ -120,38 +112,70 @@ def _frames(video: str | None, n: int) -> list[np.ndarray]:
     return frames
 
 
+def object_boxes(first: list[float], n: int, width: int, height: int) -> list[list[float]]:
+    """``n`` boxes: the given one, then copies shifted across the frame (other objects)."""
+    x, y, w, h = first
+    boxes = [[x, y, w, h]]
+    for k in range(1, n):
+        dx = (k * 0.37 % 1.0) * max(width - w, 1)
+        dy = (k * 0.61 % 1.0) * max(height - h, 1)
+        boxes.append([float(dx), float(dy), w, h])
+    return boxes
+
+
+def _steady(times: list[float], graph: list[float] | None, start: int) -> EndToEnd:
+    t = times[start:]
+    g = graph[start:] if graph is not None else None
+    return EndToEnd(
+        float(np.median(t)),
+        float(np.median(g)) if g is not None else None,
+        float(np.median(np.subtract(t, g))) if g is not None else None,
+        len(t),
+    )
+
+
 def run_onnx_side(args: dict[str, Any]) -> SideResult:
     from samurai_onnx.runtime.bundle import load_bundle
-    from samurai_onnx.runtime.session import create_session, providers_for_device
     from samurai_onnx.runtime.tracker import Tracker
 
     bundle = load_bundle(args["bundle"])
-    providers = providers_for_device(args["device"])
-    res = SideResult("onnx")
-    rng = np.random.default_rng(0)
-    static = bundle.components["memory_attention"].graph.endswith("_static")
-    for name in bundle.components:
-        sess = create_session(bundle.file(name), providers, args.get("threads"))
-        res.components[name] = {}
-        for b in args["batch_sizes"]:
-            feeds = _feeds(name, b, bundle.tracker, rng, static)
-            res.components[name][b] = _time(partial(sess.run, None, feeds), args["repeats"])
-        del sess
     frames = _frames(args.get("video"), args["frames"])
+    height, width = frames[0].shape[:2]
     tracker = Tracker(
         bundle,
         device=args["device"],
         threads=args.get("threads"),
         num_frames=len(frames),
         overrides=FULL_BANK,
+        processing=args.get("processing"),
     )
-    times = []
-    for i, f in enumerate(frames):
-        t0 = time.perf_counter()
-        tracker.start(f, [args["box"]]) if i == 0 else tracker.step(f)
-        times.append(time.perf_counter() - t0)
-    steady = times[args["steady_from"] :]
-    res.seconds_per_frame, res.frames_timed = float(np.median(steady)), len(steady)
+    res = SideResult("onnx", engine=tracker.engine.describe())
+    for name, session in tracker.graphs.sessions.items():
+        res.components[name] = {}
+        for b in args["batch_sizes"]:
+            if name in ("image_encoder", "preprocess") and b > 1:
+                continue  # one frame per step, whatever the number of objects
+            feeds = contract_feeds(name, b, bundle.tracker, bundle.static_memory)
+            fed = {k: tracker.engine.upload(v) for k, v in feeds.items()}
+            res.components[name][b] = _time(partial(session.run, fed), args["repeats"])
+    masks: dict[str, np.ndarray] = {}
+    for n in args["objects"]:
+        for batched in (True, False) if n > 1 and args.get("unbatched", True) else (True,):
+            tracker.max_batch = None if batched else 1
+            boxes = object_boxes(args["box"], n, width, height)
+            times, graph = [], []
+            tracker.reset()
+            for i, f in enumerate(frames):
+                g0, t0 = tracker.graphs.graph_seconds, time.perf_counter()
+                objs = tracker.start(f, boxes) if i == 0 else tracker.step(f)
+                times.append(time.perf_counter() - t0)
+                graph.append(tracker.graphs.graph_seconds - g0)
+                if n == 1:
+                    masks[f"f{i}"] = np.packbits(objs[0].mask)
+            (res.end_to_end if batched else res.unbatched)[n] = _steady(
+                times, graph, args["steady_from"]
+            )
+    res.masks_file = _save_masks(args, "onnx", masks)
     res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 
@@ -162,69 +186,101 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
 
     from samurai_onnx.compiler.evaluate.oracle import build_oracle
 
+    device = "cuda" if args["device"] in ("cuda", "tensorrt") else "cpu"
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
     oracle = build_oracle(
-        args["size"], Path(args["checkpoint"]), {**FULL_BANK, "fill_hole_area": 0}
+        args["size"], Path(args["checkpoint"]), {**FULL_BANK, "fill_hole_area": 0}, device=device
     )
-    res = SideResult("pytorch")
+    half = bool(args.get("autocast"))
+    side = "pytorch-fp16" if half else "pytorch"
+    res = SideResult(side, engine=f"torch {torch.__version__} on {device}")
+    if device == "cuda":
+        res.engine += f" ({torch.cuda.get_device_name(0)})"
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def ctx() -> Any:
+        return (
+            torch.autocast("cuda", dtype=torch.float16)
+            if half
+            else torch.autocast(device, enabled=False)
+        )
+
     g = torch.Generator().manual_seed(0)
     n, p = oracle.num_maskmem, oracle.max_obj_ptrs_in_encoder
     for b in args["batch_sizes"]:
-        img = torch.randn(b, 3, oracle.image_size, oracle.image_size, generator=g)
-        vf = torch.randn(64 * 64, b, 256, generator=g)
-        with torch.inference_mode():
+        img = torch.randn(b, 3, oracle.image_size, oracle.image_size, generator=g).to(device)
+        vf = torch.randn(64 * 64, b, 256, generator=g).to(device)
+        with torch.inference_mode(), ctx():
             backbone = oracle.forward_image(img[:1])
             hr = [t.expand(b, -1, -1, -1) for t in backbone["backbone_fpn"][:2]]
-        memory = torch.randn(n * 4096 + p * 4, b, 64, generator=g)
-
-        mask = torch.randn(b, 1, 1024, 1024, generator=g)
+        memory = torch.randn(n * 4096 + p * 4, b, 64, generator=g).to(device)
+        mask = torch.randn(b, 1, 1024, 1024, generator=g).to(device)
         calls: dict[str, Callable[[], Any]] = {
-            "image_encoder": partial(oracle.forward_image, img),
+            "image_encoder": partial(oracle.forward_image, img[:1]),
             "memory_attention": partial(
-                oracle.memory_attention,
-                curr=[vf],
-                curr_pos=[vf],
-                memory=memory,
-                memory_pos=memory,
-                num_obj_ptr_tokens=p * 4,
+                oracle.memory_attention, curr=[vf], curr_pos=[vf], memory=memory,
+                memory_pos=memory, num_obj_ptr_tokens=p * 4,
             ),
             "mask_decoder": partial(
-                oracle._forward_sam_heads,
-                vf.permute(1, 2, 0).reshape(b, 256, 64, 64),
-                None,
-                None,
-                hr,
-                True,
+                oracle._forward_sam_heads, vf.permute(1, 2, 0).reshape(b, 256, 64, 64),
+                None, None, hr, True,
             ),
             "memory_encoder": partial(
-                oracle._encode_new_memory, [vf], [(64, 64)], mask, torch.ones(b, 1), False
+                oracle._encode_new_memory, [vf], [(64, 64)], mask,
+                torch.ones(b, 1, device=device), False,
             ),
-        }
-        with torch.inference_mode():
-            for name, fn in calls.items():
-                oracle.kf_mean = oracle.kf_covariance = None
-                oracle.stable_frames = 0
-                res.components.setdefault(name, {})[b] = _time(fn, args["repeats"])
-    oracle.kf_mean = oracle.kf_covariance = None
-    oracle.stable_frames = 0
+        }  # fmt: skip
+        for name, fn in calls.items():
+            if name == "image_encoder" and b > 1:
+                continue
+            oracle.kf_mean = oracle.kf_covariance = None
+            oracle.stable_frames = 0
+
+            def call(fn: Callable[[], Any] = fn) -> Any:
+                with torch.inference_mode(), ctx():
+                    return fn()
+
+            res.components.setdefault(name, {})[b] = _time(call, args["repeats"], sync)
     frames = _frames(args.get("video"), args["frames"])
+    height, width = frames[0].shape[:2]
+    masks: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, f in enumerate(frames):
             cv2.imwrite(str(Path(tmp) / f"{i:05d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-        with torch.inference_mode():
-            state = oracle.init_state(tmp)
-            x, y, w, h = args["box"]
-            t0 = time.perf_counter()
-            oracle.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=[x, y, x + w, y + h])
-            times = []
-            for _ in oracle.propagate_in_video(state):
-                times.append(time.perf_counter() - t0)
+        for count in args["objects"]:
+            oracle.kf_mean = oracle.kf_covariance = None
+            oracle.stable_frames = 0
+            with torch.inference_mode(), ctx():
+                state = oracle.init_state(tmp)
+                for k, (x, y, w, h) in enumerate(object_boxes(args["box"], count, width, height)):
+                    oracle.add_new_points_or_box(
+                        state, frame_idx=0, obj_id=k + 1, box=[x, y, x + w, y + h]
+                    )
+                sync()
                 t0 = time.perf_counter()
-    steady = times[args["steady_from"] :]
-    res.seconds_per_frame, res.frames_timed = float(np.median(steady)), len(steady)
+                times = []
+                for idx, _, out in oracle.propagate_in_video(state):
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                    if count == 1:
+                        masks[f"f{idx}"] = np.packbits((out[0, 0] > 0).cpu().numpy())
+                    t0 = time.perf_counter()
+            res.end_to_end[count] = _steady(times, None, args["steady_from"])
+    res.masks_file = _save_masks(args, side, masks)
     res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
+
+
+def _save_masks(args: dict[str, Any], side: str, masks: dict[str, np.ndarray]) -> str:
+    if not masks or not args.get("work_dir"):
+        return ""
+    path = Path(args["work_dir"]) / f"{side}-masks.npz"
+    np.savez_compressed(path, **masks)  # type: ignore[arg-type]
+    return str(path)
 
 
 def _subprocess(side: str, args: dict[str, Any]) -> SideResult:
@@ -236,14 +292,28 @@ def _subprocess(side: str, args: dict[str, Any]) -> SideResult:
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     res = SideResult(
         data["side"],
-        seconds_per_frame=data["seconds_per_frame"],
-        frames_timed=data["frames_timed"],
         peak_rss_mb=data["peak_rss_mb"],
+        engine=data["engine"],
+        masks_file=data["masks_file"],
     )
     res.components = {
         k: {int(b): Timing(**t) for b, t in v.items()} for k, v in data["components"].items()
     }
+    res.end_to_end = {int(n): EndToEnd(**e) for n, e in data["end_to_end"].items()}
+    res.unbatched = {int(n): EndToEnd(**e) for n, e in data["unbatched"].items()}
     return res
+
+
+def cpu_flags() -> list[str]:
+    """The ISA flags that decide CPU speed here (bf16/int8 matmuls need them)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def machine() -> str:
@@ -255,62 +325,108 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    flags = " ".join(cpu_flags()) or "none of " + " ".join(ISA_FLAGS)
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; ISA: {flags}"
+
+
+def _ious(a_file: str, b_file: str) -> list[float]:
+    if not a_file or not b_file:
+        return []
+    a, b = np.load(a_file), np.load(b_file)
+    out = []
+    for key in sorted(set(a.files) & set(b.files), key=lambda k: int(k[1:])):
+        x, y = np.unpackbits(a[key]).astype(bool), np.unpackbits(b[key]).astype(bool)
+        union = np.logical_or(x, y).sum()
+        out.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))
+    return out
 
 
 def benchmark(args: dict[str, Any], *, reference: bool = True) -> dict[str, Any]:
-    """Both sides, each in a subprocess; returns the JSON-able report."""
-    onnx_side = _subprocess("onnx", args)
-    torch_side = _subprocess("torch", args) if reference else None
-    report: dict[str, Any] = {"machine": machine(), "args": args, "onnx": _as_dict(onnx_side)}
-    if torch_side:
-        report["pytorch"] = _as_dict(torch_side)
-        report["speedup_end_to_end"] = torch_side.seconds_per_frame / onnx_side.seconds_per_frame
+    """Every side, each in a subprocess; returns the JSON-able report."""
+    with tempfile.TemporaryDirectory() as work:
+        args = {**args, "work_dir": work}
+        sides = [_subprocess("onnx", args)]
+        if reference:
+            sides.append(_subprocess("torch", args))
+            if args["device"] in ("cuda", "tensorrt"):
+                sides.append(_subprocess("torch", {**args, "autocast": True}))
+        ref = sides[1] if reference else None
+        report: dict[str, Any] = {"machine": machine(), "args": args, "sides": {}}
+        for s in sides:
+            entry = _as_dict(s)
+            if ref is not None and s is not ref:
+                ious = _ious(s.masks_file, ref.masks_file)
+                if ious:
+                    entry["iou_vs_fp32_reference"] = {
+                        "min": min(ious),
+                        "mean": float(np.mean(ious)),
+                        "frames": len(ious),
+                    }
+            report["sides"][s.side] = entry
+    report["args"].pop("work_dir", None)
     return report
 
 
 def _as_dict(r: SideResult) -> dict[str, Any]:
-    return {
-        "side": r.side,
-        "components": {
-            k: {str(b): t.__dict__ for b, t in v.items()} for k, v in r.components.items()
-        },
-        "seconds_per_frame": r.seconds_per_frame,
-        "frames_timed": r.frames_timed,
-        "peak_rss_mb": r.peak_rss_mb,
+    data = asdict(r)
+    data.pop("masks_file")
+    data["components"] = {
+        k: {str(b): t for b, t in v.items()} for k, v in data["components"].items()
     }
+    data["end_to_end"] = {str(n): e for n, e in data["end_to_end"].items()}
+    data["unbatched"] = {str(n): e for n, e in data["unbatched"].items()}
+    return data
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    o, t = report["onnx"], report.get("pytorch")
+    sides = report["sides"]
+    onnx = sides["onnx"]
+    ref = sides.get("pytorch")
     lines = [
-        f"Machine: {report['machine']}; bundle `{report['args']['bundle']}`, device {report['args']['device']}",
+        f"Machine: {report['machine']}",
+        f"Bundle `{report['args']['bundle']}`, device {report['args']['device']}; "
+        + "; ".join(f"{name}: {s['engine']}" for name, s in sides.items()),
         "",
-        "| component | batch | ONNX median s | ONNX p90 s | PyTorch median s | PyTorch p90 s | speed-up |",
+        "| graph | batch | ONNX median s | ONNX p90 s | PyTorch median s | PyTorch p90 s | speed-up |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, per_b in o["components"].items():
+    for name, per_b in onnx["components"].items():
         for b, tim in per_b.items():
-            ref = (t or {}).get("components", {}).get(name, {}).get(b)
-            ref_s = (
-                f"{ref['median']:.3f} | {ref['p90']:.3f} | {ref['median'] / tim['median']:.2f}x"
-                if ref
+            r = (ref or {}).get("components", {}).get(name, {}).get(b)
+            tail = (
+                f"{r['median']:.3f} | {r['p90']:.3f} | {r['median'] / tim['median']:.2f}x"
+                if r
                 else "- | - | -"
             )
-            lines.append(f"| {name} | {b} | {tim['median']:.3f} | {tim['p90']:.3f} | {ref_s} |")
+            lines.append(f"| {name} | {b} | {tim['median']:.4f} | {tim['p90']:.4f} | {tail} |")
     lines += [
         "",
-        "| end to end (full memory bank) | s / frame | frames timed | peak RSS MB |",
-        "|---|---|---|---|",
+        "| side | objects | s / frame | in graphs | host | vs PyTorch fp32 | frames timed | IoU vs fp32 reference (min / mean) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines.append(
-        f"| ONNX Runtime | {o['seconds_per_frame']:.3f} | {o['frames_timed']} | {o['peak_rss_mb']:.0f} |"
-    )
-    if t:
-        lines.append(
-            f"| PyTorch reference | {t['seconds_per_frame']:.3f} | {t['frames_timed']} | {t['peak_rss_mb']:.0f} |"
-        )
-        lines += ["", f"End-to-end speed-up: **{report['speedup_end_to_end']:.2f}x**"]
+    for name, s in sides.items():
+        for n, e in s["end_to_end"].items():
+            speed = "-"
+            if ref is not None and n in ref["end_to_end"]:
+                speed = f"{ref['end_to_end'][n]['seconds_per_frame'] / e['seconds_per_frame']:.2f}x"
+            iou = s.get("iou_vs_fp32_reference")
+            iou_text = f"{iou['min']:.4f} / {iou['mean']:.4f}" if iou and n == "1" else "-"
+            lines.append(
+                f"| {name} | {n} | {e['seconds_per_frame']:.4f} | {_fmt(e['graph_seconds_per_frame'], 4)} "
+                f"| {_fmt(e['host_seconds_per_frame'], 4)} | {speed} | {e['frames_timed']} | {iou_text} "
+                f"| {s['peak_rss_mb']:.0f} |"
+            )
+        for n, e in s.get("unbatched", {}).items():
+            batched = s["end_to_end"][n]["seconds_per_frame"]
+            lines.append(
+                f"| {name}, one object per pass | {n} | {e['seconds_per_frame']:.4f} | "
+                f"{_fmt(e['graph_seconds_per_frame'], 4)} | {_fmt(e['host_seconds_per_frame'], 4)} | "
+                f"batched: {e['seconds_per_frame'] / batched:.2f}x faster | {e['frames_timed']} | - | - |"
+            )
     return "\n".join(lines)
 
 

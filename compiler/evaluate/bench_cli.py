@@ -56,6 +56,17 @@ def bench(
         "--frames",
         help="Frames tracked end to end; frames 16 on (all 7 memories and 16 pointers) are timed.",
     ),
+    objects: str = typer.Option(
+        "1",
+        "--objects",
+        help="Object counts for the end-to-end timing, e.g. 1,3,8 (counts above 1 are also timed "
+        "with every object in its own pass, to show what batching saves).",
+    ),
+    processing: str | None = typer.Option(
+        None,
+        "--processing",
+        help="graph or host pre/postprocessing for the bundle (default: the bundle target's).",
+    ),
     repeats: int = typer.Option(
         3, "--repeats", help="Timed runs per component and batch size (after one warm-up)."
     ),
@@ -74,9 +85,11 @@ def bench(
         None, "--markdown", help="Write the report as Markdown."
     ),
 ) -> None:
-    """Per-component latency (median, p90) per batch size, end-to-end steady-state seconds per
-    frame with a full memory bank and peak RSS, for the bundle and (unless --no-reference) for
-    the PyTorch reference, with the ratio; as a Markdown table and JSON."""
+    """Per-graph latency (median, p90) per batch size; end to end, per object count, steady-state
+    seconds per frame with a full memory bank split into time in graphs and host time, and peak
+    RSS; for the bundle and (unless --no-reference) for the PyTorch reference (on --device cuda
+    in fp32 and in SAMURAI's fp16 autocast), with the ratios and the per-frame mask IoU against
+    the fp32 reference; as a Markdown table and JSON."""
     from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
     from samurai_onnx.compiler.evaluate.oracle import reference_checkpoint
     from samurai_onnx.runtime.bundle import BundleError, load_bundle
@@ -89,6 +102,8 @@ def bench(
             "bundle": str(bundle),
             "device": device,
             "batch_sizes": parse_batch_sizes(batch_sizes),
+            "objects": parse_batch_sizes(objects),
+            "processing": processing,
             "video": video,
             "box": list(parse_box(bbox)),
             "frames": frames,
@@ -97,6 +112,8 @@ def bench(
             "size": info.model_name,
             "steady_from": steady_from(frames, info.tracker),
         }
+        if processing not in (None, "graph", "host"):
+            raise ValueError(f"--processing {processing!r} is not one of graph, host")
         if not no_reference:
             args["checkpoint"] = str(
                 reference_checkpoint(info.model_name, info.source_checkpoint_sha256, checkpoint)

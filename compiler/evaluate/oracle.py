@@ -43,9 +43,12 @@ class OracleFrame:
 
 
 def build_oracle(
-    size: str, checkpoint: Path | None, overrides: dict[str, Any] | None = None
+    size: str,
+    checkpoint: Path | None,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> Any:
-    """SAMURAI's ``SAM2VideoPredictor`` on the CPU with hydra ``++model.k=v`` overrides."""
+    """SAMURAI's ``SAM2VideoPredictor`` on ``device`` with hydra ``++model.k=v`` overrides."""
     try:
         from sam2.build_sam import build_sam2_video_predictor
     except Exception as exc:
@@ -60,7 +63,7 @@ def build_oracle(
         return build_sam2_video_predictor(
             ORACLE_CONFIGS[size],
             str(checkpoint) if checkpoint else None,
-            device="cpu",
+            device=device,
             hydra_overrides_extra=extra,
         )
     finally:
@@ -70,10 +73,17 @@ def build_oracle(
 def run_oracle(
     predictor: Any,
     frames_dir: Path,
-    box: tuple[float, float, float, float],
+    box: tuple[float, float, float, float] | None,
     max_frames: int | None = None,
+    *,
+    points: list[tuple[float, float]] | None = None,
+    labels: list[int] | None = None,
 ) -> Iterator[OracleFrame]:
-    """Track ``box`` (x, y, w, h) through a folder of JPEG frames, one ``OracleFrame`` per frame."""
+    """Track one object through a folder of JPEG frames, one ``OracleFrame`` per frame.
+
+    The object is prompted on the first frame with ``box`` (x, y, w, h), ``points`` (x, y) with
+    ``labels`` (1 positive, 0 negative), or both, through ``add_new_points_or_box``.
+    """
     import torch
 
     seen: dict[str, Any] = {}
@@ -92,11 +102,20 @@ def run_oracle(
 
     predictor._forward_sam_heads = spy_heads
     predictor.memory_attention.forward = spy_attention
+    # SAMURAI keeps its Kalman state on the model: a new clip starts from none.
+    predictor.kf_mean = predictor.kf_covariance = None
+    predictor.stable_frames = 0
     try:
         with torch.inference_mode():
             state = predictor.init_state(str(frames_dir))
-            x, y, w, h = box
-            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=[x, y, x + w, y + h])
+            prompt: dict[str, Any] = {}
+            if box is not None:
+                x, y, w, h = box
+                prompt["box"] = [x, y, x + w, y + h]
+            if points:
+                prompt["points"] = np.asarray(points, np.float32)
+                prompt["labels"] = np.asarray(labels, np.int32)
+            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, **prompt)
             outputs = state["output_dict"]
             for idx, _, masks in predictor.propagate_in_video(
                 state, max_frame_num_to_track=None if max_frames is None else max_frames - 1

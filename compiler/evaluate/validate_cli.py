@@ -30,6 +30,12 @@ def validate(
         "--stable-frames-threshold",
         help="Override SAMURAI's 15 in both (lower it to exercise the Kalman-weighted choice on short clips).",
     ),
+    processing: str | None = typer.Option(
+        None,
+        "--processing",
+        help="graph or host: resize/normalise and mask upsampling in the bundle's graphs, or on "
+        "the host exactly as the oracle does (default: the bundle target's).",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
     markdown_out: Path | None = typer.Option(
         None, "--markdown", help="Also write the report as Markdown."
@@ -53,8 +59,16 @@ def validate(
             if stable_frames_threshold is None
             else {"stable_frames_threshold": stable_frames_threshold}
         )
+        if processing not in (None, "graph", "host"):
+            raise ValueError(f"--processing {processing!r} is not one of graph, host")
         report = run_validation(
-            bundle, video, parse_box(bbox), checkpoint=ckpt, frames=frames, overrides=overrides
+            bundle,
+            video,
+            parse_box(bbox),
+            checkpoint=ckpt,
+            frames=frames,
+            overrides=overrides,
+            processing=processing,
         )
     except (BundleError, TrackerError, VideoError, OracleUnavailable, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -23,6 +23,8 @@ portable across execution providers); with the PyTorch module ``T = 0`` also wor
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -174,10 +176,26 @@ class MemoryAttentionLayer(nn.Module):
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One layer on batch-first tensors; see ``MemoryAttention.forward`` for the shapes."""
+        tgt = self.self_block(tgt, query_pos)
+        return self.cross_block(tgt, query_pos, memory, memory_pos, ptr_memory, ptr_pos, key_mask)
+
+    def self_block(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """The pre-norm self-attention over the frame's own tokens (no memory involved)."""
         tgt2 = self.norm1(tgt)
         q = tgt2 + query_pos if self.pos_enc_at_attn else tgt2
-        tgt = tgt + self.self_attn(q, q, tgt2)
+        return tgt + self.self_attn(q, q, tgt2)
 
+    def cross_block(
+        self,
+        tgt: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        ptr_memory: torch.Tensor | None = None,
+        ptr_pos: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Cross-attention to the memory, then the MLP (both per object)."""
         tgt2 = self.norm2(tgt)
         q = tgt2 + query_pos if self.pos_enc_at_cross_attn_queries else tgt2
         k = memory + memory_pos if self.pos_enc_at_cross_attn_keys else memory
@@ -246,10 +264,20 @@ class MemoryAttention(nn.Module):
 
         Returns:
             ``[B, HW, d_model]`` memory-conditioned features.
+
+        ``curr`` and ``curr_pos`` may have batch 1 while the memory has ``B`` objects: the first
+        layer's self-attention sees only the frame, so it runs once and its result is broadcast
+        to every object (the same numbers as running it per object).
         """
         output = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr
-        for layer in self.layers:
-            output = layer(output, curr_pos, memory, memory_pos, ptr_memory, ptr_pos, key_mask)
+        for i, module in enumerate(self.layers):
+            layer = cast(MemoryAttentionLayer, module)
+            output = layer.self_block(output, curr_pos)
+            if i == 0:
+                output = output.expand(memory.shape[0], -1, -1)
+            output = layer.cross_block(
+                output, curr_pos, memory, memory_pos, ptr_memory, ptr_pos, key_mask
+            )
         return self.norm(output)
 
 

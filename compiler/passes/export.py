@@ -7,8 +7,7 @@ exporter also needs onnxscript, which the runtime never should.
 Why the output shapes are rewritten: the exporter's shape inference names every output dimension
 it cannot prove static (``Convhigh_res_feat_s0_dim_2``), and gives unrelated outputs the same
 name, which would tell the runtime and ``bundle.yaml`` readers that a 128x128 and a 256x256 map
-share a size. Only the batch/objects axis of an output really varies, so outputs get the traced
-sizes everywhere else.
+share a size. The contract knows which axes vary; outputs get its shapes.
 """
 
 from __future__ import annotations
@@ -20,26 +19,23 @@ import onnx
 import torch
 from torch import nn
 
-from samurai_onnx.runtime.bundle import GRAPH_IO
+from samurai_onnx.runtime.contract import GraphContract
 
 
 def export_graph(
     wrapper: nn.Module,
-    graph: str,
+    graph: GraphContract,
     inputs: dict[str, torch.Tensor],
-    dynamic_axes: dict[str, dict[int, str]],
     out: Path,
     *,
     opset: int,
-    output_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Path:
-    """Export ``wrapper`` with the I/O names of ``GRAPH_IO[graph]`` and check the result.
+    """Export ``wrapper`` with the I/O names and axes of the graph's contract and check it.
 
-    ``output_shapes`` (the traced outputs' sizes) replace the exporter's guessed output
-    dimensions, except the axes named in ``dynamic_axes``.
+    The exporter's guessed output dimensions are replaced by the contract's shapes.
     """
-    names = GRAPH_IO[graph]
-    args = tuple(inputs[n] for n in names["inputs"])
+    args = tuple(inputs[n] for n in graph.input_names)
+    axes = graph.dynamic_axes()
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-derived Python ints
@@ -47,35 +43,29 @@ def export_graph(
             wrapper,
             args,
             str(out),
-            input_names=list(names["inputs"]),
-            output_names=list(names["outputs"]),
-            dynamic_axes=dynamic_axes or None,
+            input_names=list(graph.input_names),
+            output_names=list(graph.output_names),
+            dynamic_axes=axes or None,
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
             # the fused attention lowering emits com.microsoft.MultiHeadAttention
             custom_opsets={"com.microsoft": 1} if _uses_contrib_ops(wrapper) else None,
         )
-    if output_shapes:
-        _set_output_shapes(out, output_shapes, dynamic_axes)
+    _set_output_shapes(out, graph)
     onnx.checker.check_model(str(out), full_check=True)
     return out
 
 
-def _set_output_shapes(
-    path: Path, shapes: dict[str, tuple[int, ...]], dynamic_axes: dict[str, dict[int, str]]
-) -> None:
+def _set_output_shapes(path: Path, graph: GraphContract) -> None:
     model = onnx.load(str(path))
     for value in model.graph.output:
-        if value.name not in shapes:
-            continue
-        named = dynamic_axes.get(value.name, {})
         dims = value.type.tensor_type.shape.dim
         del dims[:]
-        for i, size in enumerate(shapes[value.name]):
+        for size in graph.output(value.name).shape:
             dim = dims.add()
-            if i in named:
-                dim.dim_param = named[i]
+            if isinstance(size, str):
+                dim.dim_param = size
             else:
                 dim.dim_value = int(size)
     onnx.save(model, str(path))

@@ -19,7 +19,9 @@ from pathlib import Path
 import onnx
 
 # Ops left in fp32: Resize/ArgMax feed the discrete mask boxes; Range/Gather index maths; Sin/Cos
-# of the temporal encodings lose precision at large frame offsets in fp16.
+# of the temporal encodings lose precision at large frame offsets in fp16; GatherElements picks
+# the chosen mask's logits for the memory encoder, whose binarization (logit > 0) must see them
+# unrounded, or pixels within an fp16 step of 0 flip.
 # MultiHeadAttention (the fused lowering) runs in fp16: ONNX Runtime has fp16 kernels for it on
 # CUDA (flash / memory-efficient attention) and on the CPU (used by the check after this pass).
 FP32_OPS = [
@@ -31,6 +33,7 @@ FP32_OPS = [
     "Greater",
     "Where",
     "ReduceMax",
+    "GatherElements",
 ]
 
 
@@ -81,6 +84,45 @@ def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
         graph.node.extend(kept)
 
 
+def _skip_input_round_trips(graph: onnx.GraphProto) -> None:
+    """Feed fp32-only ops the fp32 graph input itself, not a copy rounded to fp16 and back.
+
+    With ``keep_io_types`` the converter casts every float input to fp16 and then, for each
+    consumer left in fp32, casts it back: the fp32 op sees fp16-rounded values. For the memory
+    encoder's mask logits that rounding moves logits near 0 across the binarization threshold.
+    """
+    inputs = {i.name for i in graph.input}
+    to_fp16 = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Cast" and n.input[0] in inputs and _cast_to(n) == onnx.TensorProto.FLOAT16
+    }
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        if (
+            node.op_type == "Cast"
+            and node.input[0] in to_fp16
+            and _cast_to(node) == onnx.TensorProto.FLOAT
+        ):
+            rename[node.output[0]] = to_fp16[node.input[0]]
+            continue
+        kept.append(node)
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for out in graph.output:
+        if out.name in rename:  # never the case for our graphs; keep the cast if it were
+            return
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "to"), -1)
+
+
 def convert_fp16(src: Path, out: Path) -> Path:
     from onnxruntime.transformers import float16
 
@@ -91,6 +133,7 @@ def convert_fp16(src: Path, out: Path) -> Path:
             model, keep_io_types=True, op_block_list=FP32_OPS
         )
     _drop_duplicate_nodes(converted.graph)
+    _skip_input_round_trips(converted.graph)
     _sort_topologically(converted.graph)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(out))

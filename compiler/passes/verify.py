@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samurai_onnx.runtime.session import create_session
+from samurai_onnx.runtime.engine.onnxruntime import create_session
 
 # Outputs derived by counting thresholded pixels: a logit that sits at 0 within rounding can move
 # a box edge by a pixel or a stability ratio by one pixel's share, whatever the precision.
-DISCRETE_FLOORS = {"mask_boxes": 2.0, "stability_score": 0.02}
+DISCRETE_FLOORS = {"mask_boxes": 2.0, "stability_score": 0.02, "video_boxes": 1.0}
 
 
 class NumericError(RuntimeError):
@@ -29,6 +29,18 @@ def run_graph(path: Path, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarr
     return dict(zip(names, session.run(names, feed), strict=True))
 
 
+# Outputs rounded to bfloat16 inside the graph (the memory pools, as the oracle stores memories):
+# a pre-rounding difference of 1e-7 can move a value to the next bfloat16, so their error is what
+# exceeds one bfloat16 step of the reference value.
+BF16_OUTPUTS = ("memory_pool_out",)
+
+
+def bf16_step(x: np.ndarray) -> np.ndarray:
+    """The spacing of bfloat16 numbers at ``|x|`` (8 significant bits)."""
+    _, exponent = np.frexp(np.abs(x).astype(np.float32))
+    return np.ldexp(np.float32(1.0), exponent - 8).astype(np.float32)
+
+
 def max_abs_errors(got: dict[str, np.ndarray], want: dict[str, torch.Tensor]) -> dict[str, float]:
     errors = {}
     for name, ref in want.items():
@@ -36,7 +48,10 @@ def max_abs_errors(got: dict[str, np.ndarray], want: dict[str, torch.Tensor]) ->
         out = got[name].astype(np.float32)
         if out.shape != ref_np.shape:
             raise NumericError(f"output {name}: shape {out.shape} != PyTorch's {ref_np.shape}")
-        errors[name] = float(np.max(np.abs(out - ref_np))) if out.size else 0.0
+        diff = np.abs(out - ref_np)
+        if name in BF16_OUTPUTS:
+            diff = np.maximum(diff - bf16_step(ref_np), 0.0)
+        errors[name] = float(np.max(diff)) if out.size else 0.0
     return errors
 
 

@@ -1,0 +1,267 @@
+"""ONNX Runtime as an engine: providers with options, I/O binding, device-resident ``OrtValue``s.
+
+Why I/O binding: with plain ``InferenceSession.run`` every input and output crosses to and from
+numpy, so on a GPU the image features, the memory pools and the masks would travel over PCIe
+several times per frame. Bound ``OrtValue``s stay on the session's device; on the CPU they wrap
+numpy memory without copies, so the same code path is what CI tests.
+
+Why providers are checked first: ONNX Runtime silently falls back to the CPU when a requested
+provider is not in the installed build (``onnxruntime`` instead of ``onnxruntime-gpu``); a warning
+names the missing provider and the package that brings it, then what the session really uses is
+checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from samurai_onnx.runtime.contract import GraphContract, ort_signature
+from samurai_onnx.runtime.engine.base import Engine, EngineError, EngineSettings, GraphSession
+
+log = logging.getLogger(__name__)
+
+DEVICE_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+# Options used for a provider the bundle's target does not configure (``--device cuda`` on a cpu
+# bundle): TF32 off, so fp32 graphs give fp32 results (parity with the oracle), and cuDNN's
+# exhaustive algorithm search, which the fixed shapes of a video amortise after the first frame.
+DEFAULT_PROVIDER_OPTIONS: dict[str, dict[str, Any]] = {
+    "CUDAExecutionProvider": {"use_tf32": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"},
+}
+
+_INSTALL_HINT = {
+    "CUDAExecutionProvider": "install onnxruntime-gpu (pip install 'samurai-onnx[gpu]') and CUDA",
+    "TensorrtExecutionProvider": "install onnxruntime-gpu with TensorRT libraries on the path",
+}
+_VALUE_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
+def providers_for_device(
+    device: str | None,
+    target_providers: Sequence[str] = ("CPUExecutionProvider",),
+    target_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """(provider, options) pairs for ``--device`` (None: the target's own providers).
+
+    Options come from the target manifest where it names the provider, else from
+    ``DEFAULT_PROVIDER_OPTIONS``; ``--device`` only chooses which providers are used.
+    """
+    if device is None:
+        names = tuple(target_providers) or ("CPUExecutionProvider",)
+    else:
+        try:
+            names = DEVICE_PROVIDERS[device]
+        except KeyError:
+            raise ValueError(
+                f"unknown device {device!r}; use one of {', '.join(DEVICE_PROVIDERS)}"
+            ) from None
+    options = target_options or {}
+    return tuple((p, dict(options.get(p, DEFAULT_PROVIDER_OPTIONS.get(p, {})))) for p in names)
+
+
+def resolve_providers(
+    requested: Sequence[tuple[str, dict[str, Any]]],
+) -> list[tuple[str, dict[str, Any]]]:
+    """Keep the available providers of ``requested`` (in order), warning about each missing one."""
+    available = set(ort.get_available_providers())
+    chosen = [(p, o) for p, o in requested if p in available]
+    for p, _ in requested:
+        if p not in available:
+            log.warning(
+                "%s is not available in this onnxruntime build (%s); falling back to %s",
+                p,
+                _INSTALL_HINT.get(p, "install an onnxruntime build that has it"),
+                ", ".join(n for n, _ in chosen) or "CPUExecutionProvider",
+            )
+    if all(p != "CPUExecutionProvider" for p, _ in chosen):
+        chosen.append(("CPUExecutionProvider", {}))
+    return chosen
+
+
+def _option_text(key: str, value: Any) -> str:
+    """ONNX Runtime takes provider options as strings; booleans as 1/0; ``~`` in paths expanded.
+
+    Cache paths (TensorRT's engine and timing caches) point outside the bundle on purpose: a
+    bundle directory may be read-only and is verified by its hashes.
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if key.endswith("_path"):
+        path = os.path.expanduser(str(value))
+        os.makedirs(path, exist_ok=True)
+        return path
+    return str(value)
+
+
+def session_options(threads: int | None = None, *, profile_prefix: str | None = None) -> Any:
+    """Session options used for every graph: full graph optimization, ``threads`` intra-op."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    opts.log_severity_level = 3
+    return opts
+
+
+def create_session(
+    path: str | Path,
+    providers: Sequence[str] | Sequence[tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    *,
+    profile_prefix: str | None = None,
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` for ``path`` on the best available of ``providers``.
+
+    ``providers`` are names or (name, options) pairs; the session's errors are ONNX Runtime's
+    own (the compiler's checks want them raw; ``OrtEngine`` translates them).
+    """
+    pairs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in providers]
+    chosen = resolve_providers(pairs)
+    session = ort.InferenceSession(
+        str(path),
+        sess_options=session_options(threads, profile_prefix=profile_prefix),
+        providers=[p for p, _ in chosen],
+        provider_options=[{k: _option_text(k, v) for k, v in o.items()} for _, o in chosen],
+    )
+    used = session.get_providers()
+    if chosen[0][0] != "CPUExecutionProvider" and used[0] != chosen[0][0]:
+        log.warning(
+            "%s could not be initialised for %s; running on %s instead",
+            chosen[0][0],
+            Path(path).name,
+            used[0],
+        )
+    return session
+
+
+def one_line(exc: BaseException) -> str:
+    """An ONNX Runtime message (often several lines with a stack) reduced to its first line."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
+class HostBacked:
+    """An ``OrtValue`` on the CPU that wraps numpy memory, with that numpy array kept alive.
+
+    ``OrtValue.ortvalue_from_numpy`` does not own or reference the array it wraps: if the array
+    is freed, the value points at freed memory. Holding both together makes uploads on the CPU
+    free of copies and safe.
+    """
+
+    __slots__ = ("host", "value")
+
+    def __init__(self, host: np.ndarray, value: Any) -> None:
+        self.host, self.value = host, value
+
+
+def _ort_value(value: Any) -> Any:
+    return value.value if isinstance(value, HostBacked) else value
+
+
+class OrtGraphSession(GraphSession):
+    """One graph in ONNX Runtime, run through I/O binding on the engine's device."""
+
+    def __init__(
+        self, session: ort.InferenceSession, contract: GraphContract, path: Path, engine: OrtEngine
+    ) -> None:
+        super().__init__(contract, path)
+        self.session = session
+        self.engine = engine
+
+    def _run(self, feeds: Mapping[str, Any], into: Mapping[str, Any]) -> dict[str, Any]:
+        binding = self.session.io_binding()
+        device, device_id = self.engine.device, 0
+        uploaded = []  # numpy feeds wrapped for this run: alive until it returns
+        try:
+            for name in self.contract.input_names:
+                value = feeds[name]
+                if isinstance(value, np.ndarray):
+                    value = self.engine.upload(value)
+                    uploaded.append(value)
+                binding.bind_ortvalue_input(name, _ort_value(value))
+            for name in self.contract.output_names:
+                if name in into:
+                    binding.bind_ortvalue_output(name, _ort_value(into[name]))
+                else:
+                    binding.bind_output(name, device, device_id)
+            self.session.run_with_iobinding(binding)
+            values = binding.get_outputs()
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise EngineError(
+                f"{self.contract.name}: ONNX Runtime failed ({one_line(exc)})"
+            ) from None
+        # Outputs written into given values come back as those values (which own their memory).
+        return {
+            name: into.get(name, value)
+            for name, value in zip(self.contract.output_names, values, strict=True)
+        }
+
+
+class OrtEngine(Engine):
+    """ONNX Runtime with the providers (and their options) of ``EngineSettings``."""
+
+    name = "onnxruntime"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.providers = resolve_providers(settings.providers)
+        self.device = _VALUE_DEVICE.get(self.providers[0][0], "cpu")
+
+    def load(self, path: Path, contract: GraphContract) -> OrtGraphSession:
+        try:
+            session = create_session(
+                path,
+                self.providers,
+                self.settings.threads,
+                profile_prefix=self.settings.profile_prefix,
+            )
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise EngineError(
+                f"{path.name}: ONNX Runtime cannot load the graph ({one_line(exc)})"
+            ) from None
+        contract.check(*ort_signature(session))
+        used = session.get_providers()[0]
+        if _VALUE_DEVICE.get(used, "cpu") != self.device:
+            log.warning("%s runs on %s, not on %s", path.name, used, self.device)
+        return OrtGraphSession(session, contract, path, self)
+
+    def upload(self, array: np.ndarray) -> Any:
+        array = np.ascontiguousarray(array)
+        value = ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
+        # On the CPU the value wraps the array's memory; elsewhere it holds a copy.
+        return HostBacked(array, value) if self.device == "cpu" else value
+
+    def download(self, value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value
+        if isinstance(value, HostBacked):
+            return value.host
+        # A view that keeps the value's buffer alive on the CPU; a copy from a GPU.
+        return np.asarray(value.numpy())
+
+    def zeros(self, shape: Sequence[int], dtype: str) -> Any:
+        return self.upload(np.zeros(tuple(shape), np.dtype(dtype)))
+
+    def describe(self) -> str:
+        names = ", ".join(p for p, _ in self.providers)
+        return f"onnxruntime {ort.__version__} ({names}), values on {self.device}"

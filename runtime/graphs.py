@@ -1,0 +1,330 @@
+"""SAMURAI's graphs as typed calls over an engine, with the memory pools on the engine's device.
+
+``SamuraiGraphs`` loads a bundle's graphs into an engine (each checked against its contract) and
+offers one call per step of SAMURAI's loop: ``encode_image``, ``attend``, ``decode``,
+``encode_memory`` and ``finish`` (masks and boxes at video size). Values move between the calls
+as engine values: on a GPU the features, the candidates, the memories and the pointers stay in
+device memory; the host gets the small things SAMURAI decides with (IoUs, object scores,
+candidate boxes, stability) and the chosen low-res masks (hole filling and the outputs).
+
+Pre- and postprocessing run in the ``preprocess``/``postprocess`` graphs (``processing="graph"``)
+or on the host with PIL and numpy exactly as the oracle does (``processing="host"``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from samurai_onnx.runtime.bundle import Bundle, BundleError
+from samurai_onnx.runtime.contract import ContractError, contract
+from samurai_onnx.runtime.engine import Engine, EngineError, GraphSession
+from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame, upsample_mask_logits
+
+log = logging.getLogger(__name__)
+
+PROCESSING = ("graph", "host")
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """The image encoder's outputs for one frame (engine values, batch 1)."""
+
+    high_res_feat_s0: Any
+    high_res_feat_s1: Any
+    vision_features: Any
+    vision_pos_enc: Any
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The mask decoder's outputs for a batch of objects.
+
+    ``masks`` ([B, 4, L, L]) and ``obj_ptr`` ([B, 4, C]) stay engine values; what SAMURAI's
+    choice needs is on the host.
+    """
+
+    masks: Any
+    obj_ptr: Any
+    ious: np.ndarray  # [B, 4]
+    object_scores: np.ndarray  # [B]
+    boxes: np.ndarray  # [B, 4, 4] candidate boxes (x0, y0, x1, y1) at model resolution
+    stability: np.ndarray  # [B]
+
+
+class MemoryPools:
+    """The memory and pointer pools: one block of slots per object, two buffers each.
+
+    The memory encoder returns whole pools, written into the spare buffer (I/O binding), and the
+    buffers swap: no allocation per frame. Blocks are added when objects are (a host round trip,
+    once per new object beyond the capacity).
+    """
+
+    def __init__(self, engine: Engine, bundle: Bundle, memory_slots: int, ptr_slots: int) -> None:
+        geo = bundle.tracker.geometry
+        self.engine = engine
+        self.memory_slots, self.ptr_slots = memory_slots, ptr_slots
+        self._memory_item = (geo.mem_dim, geo.feat_size, geo.feat_size)
+        self._ptr_item = (geo.d_model,)
+        self.blocks = 0
+        self.memory: Any = None
+        self.ptr: Any = None
+        self._spare: tuple[Any, Any] = (None, None)
+
+    def ensure(self, blocks: int) -> None:
+        """Room for ``blocks`` objects, keeping what the pools hold."""
+        if blocks <= self.blocks:
+            return
+        grow = max(blocks, 2 * self.blocks)
+        mem = np.zeros((grow * self.memory_slots, *self._memory_item), np.float32)
+        ptr = np.zeros((grow * self.ptr_slots, *self._ptr_item), np.float32)
+        if self.blocks:
+            mem[: self.blocks * self.memory_slots] = self.engine.download(self.memory)
+            ptr[: self.blocks * self.ptr_slots] = self.engine.download(self.ptr)
+        self.memory, self.ptr = self.engine.upload(mem), self.engine.upload(ptr)
+        self._spare = (self.engine.upload(mem), self.engine.upload(ptr))
+        self.blocks = grow
+
+    def memory_index(self, block: int, slot: int) -> int:
+        return block * self.memory_slots + slot
+
+    def ptr_index(self, block: int, slot: int) -> int:
+        return block * self.ptr_slots + slot
+
+    def spare(self) -> dict[str, Any]:
+        return {"memory_pool_out": self._spare[0], "ptr_pool_out": self._spare[1]}
+
+    def swap(self, out: dict[str, Any]) -> None:
+        self._spare = (self.memory, self.ptr)
+        self.memory, self.ptr = out["memory_pool_out"], out["ptr_pool_out"]
+
+
+class SamuraiGraphs:
+    """A bundle's graphs loaded into ``engine``; ``processing`` is ``graph`` or ``host``."""
+
+    def __init__(self, bundle: Bundle, engine: Engine, *, processing: str | None = None) -> None:
+        self.bundle = bundle
+        self.engine = engine
+        self.processing = processing or bundle.processing
+        if self.processing not in PROCESSING:
+            raise ValueError(f"processing {self.processing!r} is not one of graph, host")
+        geo = bundle.tracker.geometry
+        self.geometry = geo
+        self.static = bundle.static_memory
+        needed = ["image_encoder", "memory_attention", "mask_decoder", "memory_encoder"]
+        if self.processing == "graph":
+            needed += ["preprocess", "postprocess"]
+        self.sessions: dict[str, GraphSession] = {}
+        for name in needed:
+            spec = contract(name, geo, static=self.static and name == "memory_attention")
+            try:
+                self.sessions[name] = engine.load(bundle.file(name), spec)
+            except ContractError as exc:
+                raise BundleError(
+                    f"{bundle.path}: {bundle.components[name].file} does not match its graph "
+                    f"contract ({exc}); rebuild the bundle with this samurai-compile"
+                ) from None
+        self._constants: dict[tuple[str, int], Any] = {}
+
+    @property
+    def graph_seconds(self) -> float:
+        """Seconds spent inside graph runs so far (all graphs)."""
+        return sum(s.seconds for s in self.sessions.values())
+
+    def _const(self, kind: str, b: int) -> Any:
+        """Per-batch-size constant inputs, uploaded once (zeros, padding points)."""
+        key = (kind, b)
+        if key not in self._constants:
+            low = self.geometry.low_res_mask_size
+            arrays = {
+                "mask_input": np.zeros((b, 1, low, low), np.float32),
+                "zeros": np.zeros(b, np.float32),
+                "ones": np.ones(b, np.float32),
+                "no_coords": np.zeros((b, 1, 2), np.float32),
+                "no_labels": -np.ones((b, 1), np.float32),
+            }
+            self._constants[key] = self.engine.upload(arrays[kind])
+        return self._constants[key]
+
+    # -- the steps ----------------------------------------------------------------------------
+    def encode_image(self, frame: np.ndarray) -> FrameFeatures:
+        """RGB uint8 HxWx3 frame -> features (preprocessed in a graph or on the host)."""
+        if self.processing == "graph":
+            image = self.sessions["preprocess"].run({"frame": frame})["image"]
+        else:
+            s = self.bundle.tracker
+            image = preprocess_frame(frame, s.image_size, s.image_mean, s.image_std)
+        out = self.sessions["image_encoder"].run({"image": image})
+        return FrameFeatures(
+            out["high_res_feat_s0"],
+            out["high_res_feat_s1"],
+            out["vision_features"],
+            out["vision_pos_enc"],
+        )
+
+    def attend(
+        self,
+        feats: FrameFeatures,
+        pools: MemoryPools,
+        memory_index: np.ndarray,
+        tpos_index: np.ndarray,
+        ptr_index: np.ndarray,
+        ptr_offsets: np.ndarray,
+    ) -> Any:
+        """Memory attention for a batch of objects with equal memory and pointer counts.
+
+        Indices are ``[B, N]`` / ``[B, Q]`` rows into the pools; a static graph gets them padded
+        to its slot counts with validity masks (padding points at a real slot and weighs 0).
+        """
+        feeds: dict[str, Any] = {
+            "vision_features": feats.vision_features,
+            "vision_pos_enc": feats.vision_pos_enc,
+            "memory_pool": pools.memory,
+            "ptr_pool": pools.ptr,
+        }
+        if self.static:
+            n, q = self.geometry.memory_slots, self.geometry.pointer_slots
+            memory_index, memory_valid = _pad(memory_index, n)
+            tpos_index, _ = _pad(tpos_index, n)
+            ptr_index, ptr_valid = _pad(ptr_index, q)
+            ptr_offsets, _ = _pad(ptr_offsets, q)
+            feeds.update(memory_valid=memory_valid, ptr_valid=ptr_valid)
+        feeds.update(
+            memory_index=memory_index.astype(np.int64),
+            memory_tpos_index=tpos_index.astype(np.int64),
+            ptr_index=ptr_index.astype(np.int64),
+            ptr_offsets=ptr_offsets.astype(np.float32),
+        )
+        return self.sessions["memory_attention"].run(feeds)["conditioned_features"]
+
+    def decode(
+        self,
+        embed: Any,
+        feats: FrameFeatures,
+        *,
+        prompted: bool,
+        coords: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        batch: int | None = None,
+    ) -> Decoded:
+        """The mask decoder for ``B`` objects.
+
+        ``embed`` is the conditioned features ``[B, ...]`` of tracked objects, or the frame's own
+        features (batch 1, broadcast) for objects prompted on this frame (``prompted``: the
+        no-memory embedding is added). ``coords`` / ``labels`` are ``[B, K, 2]`` / ``[B, K]`` in
+        model pixels (None: no points, SAM 2's padding point); ``mask_input`` ``[B, 1, L, L]``
+        logits or None.
+        """
+        b = batch if batch is not None else (len(coords) if coords is not None else 1)
+        feeds = {
+            "image_embed": embed,
+            "add_no_mem_embed": self._const("ones" if prompted else "zeros", b),
+            "high_res_feat_s0": feats.high_res_feat_s0,
+            "high_res_feat_s1": feats.high_res_feat_s1,
+            "point_coords": (
+                self._const("no_coords", b) if coords is None else coords.astype(np.float32)
+            ),
+            "point_labels": (
+                self._const("no_labels", b) if labels is None else labels.astype(np.float32)
+            ),
+            "mask_input": (self._const("mask_input", b) if mask_input is None else mask_input),
+            "has_mask_input": self._const("zeros" if mask_input is None else "ones", b),
+        }
+        out = self.sessions["mask_decoder"].run(feeds)
+        get = self.engine.download
+        return Decoded(
+            masks=out["masks"],
+            obj_ptr=out["obj_ptr"],
+            ious=get(out["iou_predictions"]),
+            object_scores=get(out["object_score_logits"])[:, 0],
+            boxes=get(out["mask_boxes"]),
+            stability=get(out["stability_score"])[:, 0],
+        )
+
+    def chosen_masks(self, decoded: Decoded, candidates: Sequence[int]) -> np.ndarray:
+        """The chosen candidates' low-res logits on the host, ``[B, L, L]`` float32 (a copy)."""
+        masks = self.engine.download(decoded.masks)
+        return np.stack([masks[i, c] for i, c in enumerate(candidates)]).astype(np.float32)
+
+    def encode_memory(
+        self,
+        feats: FrameFeatures,
+        pools: MemoryPools,
+        *,
+        masks: Any,
+        candidate: Sequence[int],
+        object_scores: np.ndarray,
+        binarize: bool,
+        obj_ptr: Any,
+        ptr_candidate: Sequence[int],
+        memory_slot: Sequence[int],
+        ptr_slot: Sequence[int],
+    ) -> None:
+        """Encode each object's chosen mask into its memory slot; its pointer into its slot."""
+        b = len(candidate)
+        out = self.sessions["memory_encoder"].run(
+            {
+                "vision_features": feats.vision_features,
+                "masks": masks,
+                "candidate": np.asarray(candidate, np.int64),
+                "object_score_logits": np.asarray(object_scores, np.float32).reshape(b, 1),
+                "binarize": self._const("ones" if binarize else "zeros", b),
+                "obj_ptr": obj_ptr,
+                "ptr_candidate": np.asarray(ptr_candidate, np.int64),
+                "memory_pool": pools.memory,
+                "memory_slot": np.asarray(memory_slot, np.int64),
+                "ptr_pool": pools.ptr,
+                "ptr_slot": np.asarray(ptr_slot, np.int64),
+            },
+            into=pools.spare(),
+        )
+        pools.swap(out)
+
+    def finish(
+        self, low_res: np.ndarray, size: tuple[int, int]
+    ) -> list[tuple[np.ndarray, Box | None]]:
+        """Each object's mask at video size (bool HxW) and its box (x, y, w, h) or None.
+
+        ``low_res`` is ``[B, L, L]`` (after hole filling); ``size`` is (width, height). Boxes are
+        SAMURAI's: w = max column - min column, h likewise.
+        """
+        width, height = size
+        if self.processing == "host":
+            out = []
+            for plane in low_res:
+                mask = upsample_mask_logits(plane, (height, width)) > 0
+                out.append((mask, mask_to_box(mask)))
+            return out
+        res = self.sessions["postprocess"].run(
+            {
+                "mask_logits": np.ascontiguousarray(low_res[:, None], np.float32),
+                "video_size": np.array([height, width], np.int64),
+            }
+        )
+        masks = self.engine.download(res["video_masks"])
+        boxes = self.engine.download(res["video_boxes"])
+        results: list[tuple[np.ndarray, Box | None]] = []
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist(), strict=True):
+            box = None if x0 < 0 else (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+            results.append((np.asarray(mask, bool), box))
+        return results
+
+
+def _pad(rows: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``[B, n]`` to ``[B, slots]`` by repeating the first column; returns it and 1/0 validity.
+
+    Padding repeats a real entry (so an index stays in range) and is masked out by validity 0.
+    """
+    b, n = rows.shape
+    if n > slots:
+        raise EngineError(f"{n} entries do not fit the static graph's {slots} slots")
+    padded = np.concatenate([rows, np.repeat(rows[:, :1], slots - n, axis=1)], axis=1)
+    valid = np.zeros((b, slots), np.float32)
+    valid[:, :n] = 1.0
+    return padded, valid
