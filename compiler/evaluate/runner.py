@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -62,6 +63,7 @@ class Tracked:
     attempt: int
     boxes: list[tuple[int, int, int, int]]
     times: list[float]
+    worker: str = ""  # host:pid of the process that tracked it
 
 
 @dataclass
@@ -125,17 +127,24 @@ class SequenceWorker:
         self.tracker = Tracker(bundle, device=device, threads=threads)
         self.queue = queue
 
-    def track(self, job: Job) -> Tracked:
+    def track(self, job: Job, progress: Callable[[int], None] | None = None) -> Tracked:
+        """Track one sequence; progress goes to ``progress`` (in-process) or, every half second,
+        to the Ray queue."""
         pending, last = 0, time.monotonic()
 
         def report(n: int) -> None:
+            if progress is not None:
+                progress(n)
+                return
             nonlocal pending, last
             pending += n
             if self.queue is not None and time.monotonic() - last >= PROGRESS_EVERY_S:
                 self.queue.put_nowait((job.name, job.attempt, pending))
                 pending, last = 0, time.monotonic()
 
-        return track_job(self.tracker, job, report)
+        tracked = track_job(self.tracker, job, report)
+        tracked.worker = f"{socket.gethostname()}:{os.getpid()}"
+        return tracked
 
 
 def size_pool(
@@ -200,6 +209,7 @@ class Driver:
             "seconds": round(seconds, 3),
             "fps": round(len(tracked.boxes) / seconds, 3) if seconds > 0 else None,
             "attempts": job.attempt,
+            "worker": tracked.worker,
         }
         self._postfix()
 
@@ -242,9 +252,7 @@ def _run_local(
         job = jobs.popleft()
         driver.start(job)
         try:
-            tracked = track_job(
-                worker.tracker, job, functools.partial(driver.progress, job.name, job.attempt)
-            )
+            tracked = worker.track(job, functools.partial(driver.progress, job.name, job.attempt))
         except Exception as exc:
             retry = driver.fail(job, one_line(exc))
             if retry is not None:
