@@ -75,7 +75,14 @@ SEQUENCES = {
     ),
     "dog-1": (
         [(100, 80, 20, 20), *[(100 + 2 * i, 80, 20, 20) for i in range(1, 6)]],
-        [(90, 70, 40, 40), (101, 81, 20, 20), (104, 80, 10, 20), (0, 0, 0, 0), (300, 230, 30, 30), (110, 80, 20, 20)],
+        [
+            (90, 70, 40, 40),
+            (101, 81, 20, 20),
+            (104, 80, 10, 20),
+            (0, 0, 0, 0),
+            (300, 230, 30, 30),
+            (110, 80, 20, 20),
+        ],
         [0, 0, 0, 0, 0, 0],
     ),
 }
@@ -186,6 +193,14 @@ def test_got10k_protocol_matches_the_got10k_toolkit(
     assert 0.1 < ours["overall"]["ao"] < 0.9
 
 
+class OTBStandIn(list):
+    """The sequences written by a test, where ``ExperimentOTB`` expects its OTB dataset."""
+
+    def __init__(self, items: list, names: list[str]) -> None:
+        super().__init__(items)
+        self.seq_names = names
+
+
 def test_otb_protocol_matches_the_got10k_toolkits_otb_experiment(
     tmp_path: Path, got10k_toolkit: types.ModuleType
 ) -> None:
@@ -202,11 +217,9 @@ def test_otb_protocol_matches_the_got10k_toolkits_otb_experiment(
     assert data.format == "otb"
     ours = build_report(results, data, *score_results(results, data))
 
-    class Sequences(list):  # what the experiment reads of its dataset
-        seq_names = list(sequences)
-
+    # what the experiment reads of its dataset: (frames, ground truth) pairs and seq_names
     experiment = object.__new__(got10k_toolkit.ExperimentOTB)
-    experiment.dataset = Sequences((None, gt) for gt in sequences.values())
+    experiment.dataset = OTBStandIn([(None, gt) for gt in sequences.values()], list(sequences))
     experiment.result_dir = str(tmp_path / "results" / "OTB2015")
     experiment.report_dir = str(tmp_path / "reports")
     experiment.nbins_iou, experiment.nbins_ce = 21, 51
