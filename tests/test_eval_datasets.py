@@ -7,6 +7,7 @@ detected.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from samurai_onnx.compiler.evaluate.results import (
     format_boxes,
     is_complete,
     read_result,
+    replace_from,
     result_paths,
+    write_atomic,
     write_result,
 )
 from samurai_onnx.compiler.evaluate.runner import RunError, plan, run_dataset, size_pool
@@ -149,6 +152,22 @@ def test_result_files_are_atomic_and_partial_ones_are_detected(tmp_path: Path) -
     with pytest.raises(DatasetError, match=r"seq_001.txt:2: negative width"):
         read_result(path, 3)
     assert format_boxes([(1.5, 2, 3, 4)]) == "1.5000,2,3,4\n"
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    write_atomic(path, "old\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+    def half_then_crash(tmp: Path) -> None:
+        tmp.write_text("ne")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        replace_from(path, half_then_crash)
+    assert path.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [path]
 
 
 def test_plan_skips_complete_results_and_redoes_partial_ones(tmp_path: Path) -> None:

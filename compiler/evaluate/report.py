@@ -130,20 +130,21 @@ def write_plots(report: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     overall = report["overall"]
+    where = f" on {Path(report['dataset']['root']).name}"
     plots = [
         (
             "success_plot.png",
             metrics.OVERLAP_THRESHOLDS,
             overall["success_curve"],
             f"{name} [AUC {overall['success_auc']:.3f}]",
-            ("Overlap threshold", "Success rate", "Success plot of OPE"),
+            ("Overlap threshold", "Success rate", "Success plot of OPE" + where),
         ),
         (
             "precision_plot.png",
             metrics.CENTER_THRESHOLDS,
             overall["precision_curve"],
             f"{name} [P@20 {overall['precision']:.3f}]",
-            ("Location error threshold (px)", "Precision", "Precision plot of OPE"),
+            ("Location error threshold (px)", "Precision", "Precision plot of OPE" + where),
         ),
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def write_plots(report: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
         ax.plot(x, np.asarray(y), "-", linewidth=2, label=label)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(x[0], x[-1]), ylim=(0, 1.02))
         ax.grid(True, linestyle=":")
-        ax.legend(loc="lower left" if "success" in file_name else "lower right")
+        ax.legend(loc="best", fontsize="small")
         fig.tight_layout()
         path = out_dir / file_name
         replace_from(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -41,9 +41,8 @@ def replace_from(path: Path, write: Callable[[Path], object]) -> None:
     the whole new file, never a prefix; a failure removes the temporary file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # a fresh name that ``write`` creates itself, so the file gets the usual (umask) permissions
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
