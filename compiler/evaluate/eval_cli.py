@@ -19,7 +19,15 @@ from samurai_onnx.compiler.evaluate.datasets import FORMATS, DatasetError, load_
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXTRA_HINT = "pip install 'samurai-onnx[eval]'"
 
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+HELP = (
+    "Run a SAMURAI bundle over a tracking benchmark (LaSOT, GOT-10k, OTB) and score the results.\n\n"
+    "run tracks every sequence (Ray actors, resumable, retried); score computes the toolkits' "
+    "measures. Bad input is one 'error: ...' line and exit code 2; a run where some sequences "
+    "failed exits 1 after finishing the others; Ctrl-C exits 130 and keeps finished sequences."
+)
+app = typer.Typer(
+    add_completion=False, help=HELP, no_args_is_help=True, pretty_exceptions_enable=False
+)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
