@@ -14,7 +14,8 @@ import os
 from collections import deque
 from typing import Any
 
-from samurai_onnx.compiler.evaluate.runner import GPU_DEVICES, Driver, Job, SequenceWorker, one_line
+from samurai_onnx.compiler.evaluate.runner import GPU_DEVICES, Driver, one_line
+from samurai_onnx.compiler.evaluate.worker import Job, SequenceWorker
 
 OBJECT_STORE_BYTES = 96 * 1024 * 1024  # results are a few KB a sequence; Ray's minimum is 75 MB
 
