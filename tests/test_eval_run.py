@@ -5,7 +5,7 @@ a local Ray with 2 workers tracks the two good sequences on two different worker
 retries, then reports, the broken one (exit code 1, the others unharmed); once the frame is
 repaired and one finished result truncated, a second run tracks only those two and leaves the
 finished sequence's file untouched; every result equals ``samurai-run`` on that sequence alone.
-A GOT-10k-layout run checks that layout. Frames cost ~3 s each here; the runs track 14 in all
+A GOT-10k-layout run checks that layout. Frames cost ~3 s each here; the runs track 16 in all
 (the broken sequence fails before its first frame is tracked).
 """
 
