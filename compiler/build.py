@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -224,14 +225,22 @@ def _build_model_graph(
 
 def _build_processing_graph(
     name: str,
+    model: SAM2Model,
     target: TargetManifest,
     settings: TrackerSettings,
     work: Path,
     options: BuildOptions,
     on_pass: Callable[[PassReport], None],
 ) -> BuiltGraph:
-    """preprocess / postprocess: written in ONNX operators, checked against the host code."""
+    """Graphs written in ONNX operators, checked against the host (or PyTorch) computation."""
     build, check, tol = PROCESSING_GRAPHS[name]
+    if name == "mask_prompt":  # the one that holds a weight: the model's mask_downsample conv
+        conv = model.mask_downsample
+        weights = {
+            "weight": conv.weight.detach().numpy().copy(),
+            "bias": conv.bias.detach().numpy().copy(),
+        }
+        build, check = partial(build, **weights), partial(check, **weights)
     where = f"the {name} graph's tolerance (compiler/processing.py)"
 
     def step(pass_name: str, fn: Callable[[], Path]) -> tuple[Path, dict[str, float]]:
@@ -288,7 +297,9 @@ def compile_bundle(
                     name, model, manifest, target, settings, Path(tmp), options, report
                 )
             else:
-                built = _build_processing_graph(name, target, settings, Path(tmp), options, report)
+                built = _build_processing_graph(
+                    name, model, target, settings, Path(tmp), options, report
+                )
             finals[name] = built.final
             ins, outs = _signature(built.onnx_path)
             entries[name] = {
