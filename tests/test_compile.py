@@ -206,7 +206,7 @@ def test_ort_mobile_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert bundle.tracker.memory_shape == "static"
     manifest = load_model_manifest(TINY)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["bundle.yaml", *(f"{c}.ort" for c in COMPONENTS)]
+        ["bundle.yaml", "bundle.yaml.sha256", *(f"{c}.ort" for c in COMPONENTS)]
     )
     for name, info in data["components"].items():
         path = out / info["file"]
@@ -302,7 +302,11 @@ def test_rebuild_is_byte_identical(tiny_checkpoint: Path, tmp_path: Path) -> Non
     ma, mb = (_manifest(o)["components"]["memory_encoder"] for o in outs)
     assert ma["sha256"] == mb["sha256"] == sha256_file(a)
     assert (outs[0] / "bundle.yaml").read_bytes() == (outs[1] / "bundle.yaml").read_bytes()
-    assert sorted(p.name for p in outs[0].iterdir()) == ["bundle.yaml", "memory_encoder.onnx"]
+    assert sorted(p.name for p in outs[0].iterdir()) == [
+        "bundle.yaml",
+        "bundle.yaml.sha256",
+        "memory_encoder.onnx",
+    ]
 
 
 # -- a pass that breaks the numbers, or crashes, fails the build -----------------------------------
