@@ -509,11 +509,11 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         file_path = _inside(root, info["file"], where)
         if not file_path.is_file():
             raise BundleError(
-                f"{where}: file {short(info['file'])} is missing; rebuild or re-copy the bundle"
+                f"{where}: file {info['file'][:200]} is missing; rebuild or re-copy the bundle"
             )
         if verify_hashes and sha256_file(file_path) != info["sha256"].lower():
             raise BundleError(
-                f"{where}: {short(info['file'])} does not match its sha256 (corrupted or "
+                f"{where}: {info['file'][:200]} does not match its sha256 (corrupted or "
                 "modified); rebuild or re-copy the bundle"
             )
         graph = info.get("graph", name)

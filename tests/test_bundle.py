@@ -15,8 +15,8 @@ import yaml
 
 from samurai_onnx.runtime.bundle import (
     COMPONENTS,
-    FORMAT_VERSION,
     DIGEST_NAME,
+    FORMAT_VERSION,
     MANIFEST_NAME,
     BundleError,
     load_bundle,

@@ -452,10 +452,15 @@ def test_export_script(tiny_checkpoint: Path, tmp_path: Path) -> None:
 def test_export_script_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
-    proc = _export_script("--model_name", "tiny", "--checkpoint", bad, "--output_dir", tmp_path)
+    out = tmp_path / "out"
+    proc = _export_script("--model_name", "tiny", "--checkpoint", bad, "--output_dir", out)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and str(bad) in errors[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]  # nothing made, not even out/
+    # a folder with other files is never taken for a bundle to replace
+    proc = _export_script("--model_name", "tiny", "--checkpoint", bad, "--output_dir", tmp_path)
+    assert proc.returncode == 2 and "is a folder that is not a bundle (bad.pt)" in proc.stderr
     proc = _export_script("--model_name", "tiny", "--components", "prompt_encoder")
     assert proc.returncode == 2 and "unknown component(s) prompt_encoder" in proc.stderr
     proc = _export_script("--model_name", "huge")
