@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 Source = str | os.PathLike[str] | int | Iterable[np.ndarray]
+# Larger frames are refused from their header, before decoding: a 30000x30000 PNG of zeros is a
+# few kilobytes on disk and 2.7 GB once decoded (8K video is 33 megapixels).
+MAX_FRAME_PIXELS = 8192 * 8192
 
 
 class VideoError(ValueError):
@@ -160,9 +164,40 @@ def _capture_frames(cap: cv2.VideoCapture, first: np.ndarray | None = None) -> I
         cap.release()
 
 
+def _check_frame_size(width: int, height: int, what: str) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise VideoError(
+            f"{what} is {width}x{height}, over the {MAX_FRAME_PIXELS // 10**6} megapixels a frame "
+            "may have; downscale it (the model sees at most 1024x1024 anyway)"
+        )
+
+
+def _header_size(path: Path, what: str) -> tuple[int, int] | None:
+    """(width, height) from an image file's header (nothing decoded), None if unreadable."""
+    try:
+        with warnings.catch_warnings():  # PIL warns above 89 MP; ours is the one message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return (int(im.size[0]), int(im.size[1]))
+    except Image.DecompressionBombError:  # PIL's own limit, far above ours
+        raise VideoError(
+            f"{what} is over the {MAX_FRAME_PIXELS // 10**6} megapixels a frame may have; "
+            "downscale it (the model sees at most 1024x1024 anyway)"
+        ) from None
+    except Exception:
+        return None
+
+
 def _open_video_file(path: Path) -> FrameSource:
     what = f"video file {path}"
     cap = _open_capture(str(path), what)
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        _check_frame_size(width, height, what)
+    except VideoError:
+        cap.release()
+        raise
     ok, first = cap.read()  # decode one frame now so a broken file fails here, not mid-run
     fps, count = float(cap.get(cv2.CAP_PROP_FPS)), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
@@ -193,18 +228,27 @@ def _open_folder(folder: Path) -> FrameSource:
     if not paths:
         raise VideoError(f"folder {folder} has no .jpg/.jpeg/.png frames; point to a frame folder")
     paths = _frame_sort_key(paths)
-    size: tuple[int, int] | None = None
-    try:  # the header alone gives the size; a broken file is reported when it is reached
-        with Image.open(paths[0]) as im:
-            size = (int(im.size[0]), int(im.size[1]))
-    except Exception:
-        size = None
+    # the header alone gives the size; a broken file is reported when it is reached
+    size = _header_size(paths[0], f"frame 0 ({paths[0]})")
+    if size is not None:
+        _check_frame_size(*size, f"frame 0 ({paths[0]})")
 
     def frames() -> Iterator[np.ndarray]:
         for i, p in enumerate(paths):
+            header = _header_size(p, f"frame {i} ({p})")
+            if header is not None:  # refused before decoding: too large, or another size
+                _check_frame_size(*header, f"frame {i} ({p})")
+                if size is not None and header != size:
+                    raise VideoError(
+                        f"frame {i} of folder {folder} is {header[0]}x{header[1]} but frame 0 is "
+                        f"{size[0]}x{size[1]}; resize all frames to one size"
+                    )
             # EXIF orientation is ignored, as SAMURAI's PIL loader does, so that boxes are in
             # the stored pixel frame (the one LaSOT-style ground truth uses).
-            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            try:
+                bgr = cv2.imread(str(p), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            except cv2.error:  # e.g. OpenCV's own size limit
+                bgr = None
             if bgr is None:
                 raise VideoError(f"cannot decode frame {i} ({p}); replace or remove that file")
             yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
