@@ -30,8 +30,9 @@ from samurai_onnx.runtime.documents import (
     check_instance,
     dump_yaml,
     parse_yaml,
-    read_bytes,
+    read_verified,
     short,
+    write_digest,
 )
 from samurai_onnx.runtime.documents import at as _at
 from samurai_onnx.runtime.documents import require as _require
@@ -322,7 +323,7 @@ def _inside(root: Path, rel: str, where: str) -> Path:
     return candidate
 
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")  # a source checkpoint's
 _TOP_KEYS = (
     "format_version",
     "compiler_version",
@@ -342,6 +343,7 @@ _TARGET_KEYS = {
     "format": str,
     "memory_shape": str,
 }
+_OPTIONAL = ("graph", "attention", "inputs", "outputs", "max_abs_error")
 _COMPONENT_KEYS = {
     "file": str,
     "sha256": str,
@@ -356,14 +358,17 @@ _COMPONENT_KEYS = {
 
 
 def _section(
-    data: Mapping[str, Any], key: str, where: str, kinds: Mapping[str, type]
+    data: Mapping[str, Any],
+    key: str,
+    where: str,
+    kinds: Mapping[str, type],
+    optional: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """``data[key]``: a mapping whose keys are among ``kinds`` and whose values have those types
-    (all required but ``graph``/``attention``/``max_abs_error``/``provider_options``)."""
+    """``data[key]``: a mapping whose keys are among ``kinds``, all present but ``optional``,
+    with values of those types."""
     here = _at(where, key)
     value = _require(data, key, where, dict, error=BundleError)
     _unknown_keys(value, kinds, here, error=BundleError)
-    optional = {"graph", "attention", "max_abs_error", "provider_options", "inputs", "outputs"}
     for name, kind in kinds.items():
         if name in value or name not in optional:
             _require(value, name, here, kind, error=BundleError)
@@ -396,35 +401,20 @@ def _specs(items: list[Any], where: str) -> tuple[TensorSpec, ...]:
 
 
 def seal_manifest(root: Path) -> Path:
-    """Write ``bundle.yaml.sha256`` for the ``bundle.yaml`` in ``root`` (sha256sum's format, so
-    ``sha256sum -c bundle.yaml.sha256`` checks it too); returns the digest file."""
-    digest = hashlib.sha256((root / MANIFEST_NAME).read_bytes()).hexdigest()
-    path = root / DIGEST_NAME
-    path.write_text(f"{digest}  {MANIFEST_NAME}\n", encoding="ascii")
-    return path
+    """Write ``bundle.yaml.sha256`` for the ``bundle.yaml`` in ``root``; returns that file."""
+    return write_digest(root / MANIFEST_NAME)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
     """``bundle.yaml`` of ``root`` checked against its digest, parsed safely, every top-level
     section type-checked (components and tracker are checked by ``load_bundle``)."""
     manifest = root / MANIFEST_NAME
-    raw = read_bytes(manifest, error=BundleError)
-    sidecar = root / DIGEST_NAME
-    fix = f"rebuild or re-copy the bundle (after a deliberate edit: sha256sum {MANIFEST_NAME} > {DIGEST_NAME})"
-    if not sidecar.is_file():
-        raise BundleError(
-            f"{root}: {DIGEST_NAME} is missing, so {MANIFEST_NAME} cannot be checked; {fix}"
-        )
-    recorded = read_bytes(sidecar, error=BundleError, max_bytes=4096).decode("ascii", "replace")
-    token = recorded.split()[0] if recorded.split() else ""
-    if not _SHA256.fullmatch(token):
-        raise BundleError(
-            f"{sidecar}: expected a sha256 (64 hex digits), got {short(token)}; {fix}"
-        )
-    if hashlib.sha256(raw).hexdigest() != token.lower():
-        raise BundleError(
-            f"{manifest}: does not match its digest in {DIGEST_NAME} (modified or corrupted); {fix}"
-        )
+    raw = read_verified(
+        manifest,
+        error=BundleError,
+        fix=f"rebuild or re-copy the bundle (after a deliberate edit of {MANIFEST_NAME}: "
+        f"sha256sum {MANIFEST_NAME} > {DIGEST_NAME})",
+    )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -451,7 +441,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise BundleError(
             f"{_at(where, 'source_checkpoint.sha256')}: expected 64 hex digits, got {short(ckpt['sha256'])}"
         )
-    target = _section(data, "target", where, _TARGET_KEYS)
+    target = _section(data, "target", where, _TARGET_KEYS, optional=("provider_options",))
     tw = _at(where, "target")
     providers = target["providers"]
     if not providers or len(providers) > 16 or not all(isinstance(p, str) for p in providers):
@@ -505,7 +495,7 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             or "sha256" not in comps[name]
         ):
             raise BundleError(f"{where} needs 'file' and 'sha256'; rebuild the bundle")
-        info = _section(comps, name, f"{manifest}: components", _COMPONENT_KEYS)
+        info = _section(comps, name, f"{manifest}: components", _COMPONENT_KEYS, _OPTIONAL)
         file_path = _inside(root, info["file"], where)
         if not file_path.is_file():
             raise BundleError(

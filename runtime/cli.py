@@ -86,10 +86,20 @@ class PartialRunError(Exception):
         self.cause, self.summary = cause, summary
 
 
+# Each object holds a memory bank (~4 MB at 1024 pixels) and per-frame masks at the video's size:
+# a few thousand --bbox would exhaust memory, so the command line stops well before that.
+MAX_OBJECTS = 64
+
+
 def parse_boxes(texts: Sequence[str] | None) -> list[Box]:
     """``["x,y,w,h", ...]`` -> boxes; one-line errors for a missing or badly written box."""
     if not texts:
         raise UsageError("give the object's first-frame box with --bbox x,y,w,h (once per object)")
+    if len(texts) > MAX_OBJECTS:
+        raise UsageError(
+            f"{len(texts)} --bbox given; at most {MAX_OBJECTS} objects are tracked in one run "
+            "(split the objects over several runs)"
+        )
     return [parse_box(t) for t in texts]
 
 

@@ -20,8 +20,10 @@ It imports neither torch nor onnx (the runtime imports it).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +167,38 @@ def read_bytes(
             "it is refused unread (check that it is the right file)"
         )
     return data
+
+
+def write_digest(path: Path) -> Path:
+    """Write ``<path>.sha256`` in ``sha256sum`` format (``sha256sum -c`` checks it too): the one
+    line that covers a document, ready to be signed; returns the digest file."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    sidecar = path.with_name(path.name + ".sha256")
+    sidecar.write_text(f"{digest}  {path.name}\n", encoding="ascii")
+    return sidecar
+
+
+def read_verified(
+    path: Path, *, error: ErrorType = DocumentError, max_bytes: int = MAX_DOCUMENT_BYTES, fix: str
+) -> bytes:
+    """The bytes of ``path`` once they match the digest in ``<path>.sha256`` (``write_digest``);
+    ``fix`` (what to do) ends every message."""
+    data = read_bytes(path, error=error, max_bytes=max_bytes)
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        raise error(f"{path}: its digest {sidecar.name} is missing, so it cannot be checked; {fix}")
+    recorded = read_bytes(sidecar, error=error, max_bytes=4096).decode("ascii", "replace").split()
+    token = recorded[0] if recorded else ""
+    if not _SHA256.fullmatch(token):
+        raise error(f"{sidecar}: expected a sha256 (64 hex digits), got {short(token)}; {fix}")
+    if hashlib.sha256(data).hexdigest() != token.lower():
+        raise error(
+            f"{path}: does not match its digest in {sidecar.name} (modified or corrupted); {fix}"
+        )
+    return data
+
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class _RefusedNode(yaml.composer.ComposerError):

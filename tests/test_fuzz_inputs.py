@@ -311,6 +311,15 @@ def test_fuzz_boxes(tmp_path: Path, clip_bytes: bytes, placeholder: Path, parts:
         assert "ONNX Runtime" not in line, line  # refused as a box, before any session
 
 
+def test_too_many_objects(tmp_path: Path, clip_bytes: bytes, placeholder: Path) -> None:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(clip_bytes)
+    before = snapshot(tmp_path)
+    code, err = run(placeholder, video, *["--bbox", "1,1,5,5"] * 65, "--jsonl", "o.jsonl")
+    assert_one_error(code, err, "at most 64 objects")
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.slow
 def test_damaged_video_tracks_what_decodes(tiny256_bundle: Path, tmp_path: Path) -> None:
     """A video cut short (an MJPEG AVI, readable without its index): the frames that decode are
