@@ -109,6 +109,14 @@ def compile(
         logging.getLogger(__name__).debug("build failed", exc_info=True)
         typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(2) from None
+    except Exception as exc:  # a bug: still one line, the traceback with --verbose
+        logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
+        typer.echo(
+            f"error: internal error ({type(exc).__name__}: {one_line(exc, 300)}); please report "
+            "it with the output of --verbose",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     if options.kept:
         typer.echo(f"kept {', '.join(options.kept)} from the existing bundle in {bundle}")
     typer.echo(f"bundle written to {bundle}")
