@@ -1,4 +1,5 @@
-"""Model and target manifests: read with ``yaml.safe_load`` and validated into frozen dataclasses.
+"""Model and target manifests: read safely (``runtime/documents.py``) and validated into frozen
+dataclasses.
 
 Every error names the file and the key (``manifests/tiny.yaml: components.image_encoder.attention:
 ...``) and says what is allowed, so a typo never turns into a silently different model. Manifests

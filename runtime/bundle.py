@@ -314,10 +314,10 @@ def _inside(root: Path, rel: str, where: str) -> Path:
     try:
         candidate = (root / rel).resolve()
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{where}: file {rel!r} is not a valid path ({exc})") from None
+        raise BundleError(f"{where}: file {short(rel, 200)} is not a valid path ({exc})") from None
     if Path(rel).is_absolute() or not candidate.is_relative_to(root):
         raise BundleError(
-            f"{where}: file {rel!r} points outside the bundle directory {root}; "
+            f"{where}: file {short(rel, 200)} points outside the bundle directory {root}; "
             "a bundle may only name files inside itself — rebuild it with samurai-compile"
         )
     return candidate

@@ -31,7 +31,7 @@ import typer
 from tqdm import tqdm
 
 from samurai_onnx.runtime.bundle import Bundle, BundleError, check_overrides, load_bundle
-from samurai_onnx.runtime.documents import DocumentError, check_threads, one_line
+from samurai_onnx.runtime.documents import DocumentError, check_threads, one_line, short
 from samurai_onnx.runtime.preprocess import FrameError
 from samurai_onnx.runtime.session import DEVICE_PROVIDERS
 from samurai_onnx.runtime.signals import StopFlag, exit_code, handle_signals
@@ -100,12 +100,17 @@ def parse_boxes(texts: Sequence[str] | None) -> list[Box]:
             f"{len(texts)} --bbox given; at most {MAX_OBJECTS} objects are tracked in one run "
             "(split the objects over several runs)"
         )
+    long = next((t for t in texts if len(t) > 200), None)
+    if long is not None:
+        raise UsageError(f"box {short(long)} is not x,y,w,h: four numbers separated by commas")
     return [parse_box(t) for t in texts]
 
 
 def check_device(device: str | None) -> str | None:
     if device is not None and device not in DEVICE_PROVIDERS:
-        raise UsageError(f"unknown device {device!r}; use one of {', '.join(DEVICE_PROVIDERS)}")
+        raise UsageError(
+            f"unknown device {short(device)}; use one of {', '.join(DEVICE_PROVIDERS)}"
+        )
     return device
 
 

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from samurai_onnx.runtime.documents import Range
+from samurai_onnx.runtime.documents import Range, short
 
 
 @dataclass(frozen=True)
@@ -205,12 +205,12 @@ def _build(kind: Any, data: dict[str, Any], where: str, **extra: Any) -> Any:
         default = getattr(kind(), name) if name != "hiera" else None
         if isinstance(default, tuple):
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{where}.{name} must be a list, got {value!r}")
+                raise ValueError(f"{where}.{name} must be a list, got {short(value)}")
             value = tuple(value)
         elif isinstance(default, bool) or default is None:
             pass
         elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
-            raise ValueError(f"{where}.{name} must be a number, got {value!r}")
+            raise ValueError(f"{where}.{name} must be a number, got {short(value)}")
         elif isinstance(default, float):
             value = float(value)
         kwargs[name] = value
