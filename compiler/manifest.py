@@ -346,10 +346,12 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         raise ManifestError(f"{ow}: expected a mapping provider -> options, got {short(options)}")
     for provider, opts in options.items():
         if provider not in providers:
-            raise ManifestError(f"{ow}.{provider}: not one of this target's providers")
+            raise ManifestError(
+                f"{ow}.{documents.key_text(provider)}: not one of this target's providers"
+            )
         if not isinstance(opts, dict):
             raise ManifestError(
-                f"{ow}.{provider}: expected a mapping of options, got {short(opts)}"
+                f"{ow}.{documents.key_text(provider)}: expected a mapping of options, got {short(opts)}"
             )
 
     def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:

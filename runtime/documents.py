@@ -129,6 +129,17 @@ def one_line(problem: BaseException | str, limit: int = MAX_MESSAGE_CHARS) -> st
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def key_text(key: Any) -> str:
+    """A mapping key as written in a message: bare when it looks like a key (``kf_weight``),
+    else quoted and shortened like any other value (it may hold line breaks)."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return key
+    return short(key, 30)
+
+
+_PLAIN_KEY = re.compile(r"[\w.+\-]{1,40}")
+
+
 def at(where: str, key: str) -> str:
     """The location of ``key`` inside ``where``: ``file`` -> ``file: key``; ``file: a`` -> ``file: a.key``."""
     return f"{where}.{key}" if ": " in where else f"{where}: {key}"
@@ -372,7 +383,7 @@ def unknown_keys(
     allowed = set(allowed)
     extra = sorted((k for k in data if k not in allowed), key=str)
     if extra:
-        names = ", ".join(short(k, 30) if not isinstance(k, str) else k[:30] for k in extra[:5])
+        names = ", ".join(key_text(k) for k in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise error(f"{where}: unknown key(s) {names}{more}; allowed: {', '.join(sorted(allowed))}")
 
