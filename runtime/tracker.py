@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from samurai_onnx.runtime import policy
-from samurai_onnx.runtime.bundle import Bundle, TrackerSettings, load_bundle
-from samurai_onnx.runtime.engine import EngineSettings, check_threads, create_engine
+from samurai_onnx.runtime.bundle import Bundle, check_overrides, load_bundle
+from samurai_onnx.runtime.documents import check_threads
+from samurai_onnx.runtime.engine import EngineSettings, create_engine
 from samurai_onnx.runtime.engine.base import DEVICES
 from samurai_onnx.runtime.graphs import FrameFeatures, MemoryPools, SamuraiGraphs
 from samurai_onnx.runtime.memory import MemoryBank, MemoryEntry
@@ -42,28 +43,6 @@ log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
-
-# Settings that follow from the model or are baked into the graphs: a bundle fixes them.
-FIXED_SETTINGS = frozenset(
-    {
-        "image_size",
-        "d_model",
-        "mem_dim",
-        "feat_size",
-        "low_res_mask_size",
-        "num_maskmem",
-        "max_obj_ptrs_in_encoder",
-        "memory_shape",
-        "static_memory_slots",
-        "static_pointer_slots",
-        "image_mean",
-        "image_std",
-        "min_obj_score_logits",
-        "dynamic_multimask_stability_delta",
-        "memory_bf16",
-    }
-)
-
 
 # SAM 2's object score for a mask prompt that marks the object: 20 * 1 - 10.
 MASK_PROMPT_SCORE = 10.0
@@ -258,15 +237,14 @@ class Tracker:
         changes = dict(overrides or {})
         if fill_hole_area is not None:
             changes["fill_hole_area"] = fill_hole_area
-        self.settings = settings_with(self.bundle.tracker, changes)
+        self.settings = check_overrides(
+            self.bundle.tracker, changes, where="tracker settings", error=TrackerError
+        )
         if device is not None and device not in DEVICES:
             raise TrackerError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         if processing is not None and processing not in ("graph", "host"):
             raise TrackerError(f"processing {processing!r} is not one of graph, host")
-        try:
-            threads = check_threads(threads)
-        except ValueError as exc:
-            raise TrackerError(str(exc)) from None
+        threads = check_threads(threads, "threads", error=TrackerError)
         self.engine = create_engine(engine_settings(self.bundle, device, threads, profile_prefix))
         self.graphs = SamuraiGraphs(self.bundle, self.engine, processing=processing)
         if max_batch is not None and (
@@ -791,24 +769,6 @@ def _prompt_points(
         coords.append((np.asarray(pts, np.float32) / scale) * np.float32(image_size))
         labels.append(lab)
     return np.stack(coords).astype(np.float32), np.asarray(labels, np.float32)
-
-
-def settings_with(base: TrackerSettings, changes: Mapping[str, Any]) -> TrackerSettings:
-    """``base`` with run-time overrides; fixed (model or graph) settings and bad values refused."""
-    unknown = sorted(set(changes) - set(TrackerSettings.__dataclass_fields__))
-    fixed = sorted(set(changes) & FIXED_SETTINGS)
-    if unknown or fixed:
-        raise TrackerError(
-            f"tracker setting(s) {', '.join(fixed + unknown)} cannot be overridden"
-            + (" (they are fixed by the bundle)" if fixed else "")
-        )
-    area = changes.get("fill_hole_area")
-    if area is not None and (isinstance(area, bool) or not isinstance(area, int) or area < 0):
-        raise TrackerError(f"fill_hole_area is {area!r}; it must be 0 (off) or a positive int")
-    try:
-        return dataclasses.replace(base, **changes)
-    except (TypeError, ValueError) as exc:
-        raise TrackerError(f"tracker settings: {exc}") from None
 
 
 def engine_settings(
