@@ -35,8 +35,17 @@ from samurai_onnx.runtime.documents import DocumentError, check_threads, one_lin
 from samurai_onnx.runtime.engine import EngineError
 from samurai_onnx.runtime.engine.base import DEVICES as DEVICE_PROVIDERS
 from samurai_onnx.runtime.preprocess import FrameError
+from samurai_onnx.runtime.prompts import load_prompts
 from samurai_onnx.runtime.signals import StopFlag, exit_code, handle_signals
-from samurai_onnx.runtime.tracker import Box, Tracker, TrackerError, check_box, parse_box
+from samurai_onnx.runtime.tracker import (
+    Box,
+    Prompt,
+    Tracker,
+    TrackerError,
+    check_box,
+    check_prompt,
+    parse_box,
+)
 from samurai_onnx.runtime.video import (
     IMAGE_EXTENSIONS,
     AnnotatedVideoWriter,
@@ -92,10 +101,15 @@ class PartialRunError(Exception):
 MAX_OBJECTS = 64
 
 
-def parse_boxes(texts: Sequence[str] | None) -> list[Box]:
+def parse_boxes(texts: Sequence[str] | None, *, required: bool = True) -> list[Box]:
     """``["x,y,w,h", ...]`` -> boxes; one-line errors for a missing or badly written box."""
     if not texts:
-        raise UsageError("give the object's first-frame box with --bbox x,y,w,h (once per object)")
+        if not required:
+            return []
+        raise UsageError(
+            "give the object's first-frame box with --bbox x,y,w,h (once per object), or "
+            "prompts on any frame with --prompts FILE"
+        )
     if len(texts) > MAX_OBJECTS:
         raise UsageError(
             f"{len(texts)} --bbox given; at most {MAX_OBJECTS} objects are tracked in one run "
@@ -149,12 +163,13 @@ def _same(a: Path, b: Path) -> bool:
 def check_outputs(
     video: Source,
     bundle: str | os.PathLike[str] | Bundle,
-    num_objects: int,
+    obj_ids: Sequence[int],
     *,
     output_video: str | os.PathLike[str] | None = None,
     boxes_out: str | os.PathLike[str] | None = None,
     masks_dir: str | os.PathLike[str] | None = None,
     jsonl: str | os.PathLike[str] | None = None,
+    extra_inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> None:
     """Refuse output paths that would overwrite an input or another output, before any work.
 
@@ -166,7 +181,7 @@ def check_outputs(
     """
     files: list[tuple[str, Path]] = []
     if boxes_out:
-        names = BoxWriter.paths_for(boxes_out, list(range(num_objects)))
+        names = BoxWriter.paths_for(boxes_out, list(obj_ids))
         files += [("--boxes-out", _resolved(n)) for n in names]
     if jsonl:
         files.append(("--jsonl", _resolved(jsonl)))
@@ -177,6 +192,7 @@ def check_outputs(
     if webcam_index(video) is None and isinstance(video, (str, os.PathLike)):
         video_path = _resolved(video)
         inputs.append(("the input video", video_path))
+    inputs += [("an input file", _resolved(p)) for p in extra_inputs]  # e.g. the prompt file
     bundle_dir = _resolved(bundle.path if isinstance(bundle, Bundle) else bundle)
     seen: dict[Path, str] = {}
     for option, path in files:
@@ -269,8 +285,11 @@ def run_tracking(
     progress: bool = True,
     notice: str | None = None,
     stop: StopFlag | None = None,
+    prompts: Sequence[Prompt] = (),
+    extra_inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> RunSummary:
-    """Track ``boxes`` (one per object) through ``video`` and write the requested outputs.
+    """Track ``boxes`` (objects 0, 1, ... on frame 0) and ``prompts`` (any frame, any object id)
+    through ``video`` and write the requested outputs.
 
     Raises one of ``USER_ERRORS`` / ``UsageError`` for bad input found before any output is
     written (no file is changed then), and ``PartialRunError`` (wrapping the cause) for a failure
@@ -284,8 +303,11 @@ def run_tracking(
         raise UsageError(f"--fill-hole-area is {fill_hole_area}; it must be 0 (off) or more")
     if max_frames is not None and max_frames < 1:
         raise UsageError(f"--max-frames is {max_frames}; it must be at least 1")
-    if not boxes:
-        raise UsageError("give at least one box x,y,w,h to track")
+    if not boxes and not prompts:
+        raise UsageError("give at least one box x,y,w,h (or a prompt file) to track")
+    obj_ids = sorted(set(range(len(boxes))) | {p.obj_id for p in prompts})
+    if len(obj_ids) > MAX_OBJECTS:
+        raise UsageError(f"{len(obj_ids)} objects; at most {MAX_OBJECTS} are tracked in one run")
     outputs = (output_video, boxes_out, masks_dir, jsonl)
     if not any(outputs):
         raise UsageError(
@@ -294,7 +316,8 @@ def run_tracking(
     check_outputs(
         video,
         bundle,
-        len(boxes),
+        obj_ids,
+        extra_inputs=extra_inputs,
         output_video=output_video,
         boxes_out=boxes_out,
         masks_dir=masks_dir,
@@ -309,7 +332,7 @@ def run_tracking(
             where="--fill-hole-area",
             error=UsageError,
         )
-    summary = RunSummary(objects=len(boxes))
+    summary = RunSummary(objects=len(obj_ids))
     writers: list[Any] = []
     with contextlib.ExitStack() as stack:
         opened = stack.enter_context(open_frames(video))
@@ -317,6 +340,7 @@ def run_tracking(
         stack.callback(source.close)
         width, height = int(first.shape[1]), int(first.shape[0])
         boxes = [check_box(box, width, height, index=i) for i, box in enumerate(boxes)]
+        prompts = [check_prompt(p, (width, height)) for p in prompts]  # all, before frame 0
         tracker = load_tracker(
             manifest, device=device, threads=threads, fill_hole_area=fill_hole_area
         )
@@ -337,12 +361,14 @@ def run_tracking(
         try:
             try:
                 # every output opened (under a temporary name) before frame 0 is tracked
-                writers = _open_writers(source.fps, first, len(boxes), outputs, summary)
+                writers = _open_writers(source.fps, first, obj_ids, outputs, summary)
                 if notice:
                     bar.write(notice, file=sys.stderr)
                 results = stack.enter_context(
                     contextlib.closing(
-                        tracker.track_frames(source, list(boxes), max_frames=max_frames)
+                        tracker.track_frames(
+                            source, list(boxes) or None, prompts=prompts, max_frames=max_frames
+                        )
                     )
                 )
                 for frame, result in results:
@@ -389,7 +415,7 @@ def _close_all(writers: Sequence[Any]) -> None:
 def _open_writers(
     fps: float | None,
     frame: Any,
-    num_objects: int,
+    obj_ids: Sequence[int],
     outputs: tuple[str | os.PathLike[str] | None, ...],
     summary: RunSummary,
 ) -> list[Any]:
@@ -398,11 +424,11 @@ def _open_writers(
     writers: list[Any] = []
     try:
         if boxes_out:
-            box_writer = BoxWriter(boxes_out, num_objects)
+            box_writer = BoxWriter(boxes_out, len(obj_ids), obj_ids)
             writers.append(box_writer)
             summary.outputs.append("boxes " + ", ".join(str(p) for p in box_writer.paths))
         if masks_dir:
-            writers.append(MaskWriter(masks_dir, num_objects))
+            writers.append(MaskWriter(masks_dir, len(obj_ids), obj_ids))
             summary.outputs.append(f"masks {Path(masks_dir) / 'obj<k>' / '<frame>.png'}")
         if jsonl:
             writers.append(JsonlWriter(jsonl))
@@ -490,7 +516,11 @@ def execute(
     with cli_logging(verbose), quiet_opencv(verbose), handle_signals(deferred=True) as stop:
         try:
             options.setdefault("stop", stop)
-            boxes = parse_boxes(bbox)
+            prompts_file = options.pop("prompts_file", None)
+            if prompts_file is not None:
+                options["prompts"] = load_prompts(prompts_file)
+                options["extra_inputs"] = [prompts_file]
+            boxes = parse_boxes(bbox, required=prompts_file is None)
             check_device(options.get("device"))
             outputs = ("output_video", "boxes_out", "masks_dir", "jsonl")
             if not any(options.get(k) for k in outputs):
@@ -542,10 +572,13 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 RUN_HELP = (
-    "Track the objects in the --bbox boxes through VIDEO with a SAMURAI ONNX bundle, without "
-    "PyTorch.\n\n"
+    "Track the objects in the --bbox boxes (and/or the --prompts file) through VIDEO with a "
+    "SAMURAI ONNX bundle, without PyTorch.\n\n"
     "Example: samurai-run bundles/base_plus-cpu dog.mp4 --bbox 450,380,250,165 "
     "--output-video dog_tracked.mp4 --boxes-out dog_boxes.txt\n\n"
+    "Objects are reported from their first prompted frame on; box files hold one x,y,w,h line "
+    "per frame (0,0,0,0 where the object is absent or not tracked) and the JSONL marks the "
+    "frames where an object is (re)prompted (\"prompted\": true).\n\n"
     "Bad input (video, box, bundle, device, output paths) is reported as one 'error: ...' line "
     "with exit code 2 (1 if ONNX Runtime itself fails), and changes no file. Outputs are written "
     "under temporary names and renamed into place at the end; an output may not be an input or "
@@ -576,7 +609,19 @@ def run(
         "-b",
         metavar="X,Y,W,H",
         help="First-frame box in pixels (top-left corner, width, height). Repeat for several "
-        "objects; all share one image-encoder pass per frame.",
+        "objects (ids 0, 1, ...); all share one image-encoder pass per frame, and each graph "
+        "after it runs all objects as one batch.",
+    ),
+    prompts: Path | None = typer.Option(
+        None,
+        "--prompts",
+        metavar="FILE",
+        help='JSON prompts on any frame: {"prompts": [{"frame": 0, "object": 0, "box": [x, y, '
+        'w, h]}, {"frame": 0, "object": 1, "points": [[x, y]], "labels": [1]}, {"frame": 12, '
+        '"object": 2, "mask": "mask.png"}, {"frame": 40, "object": 0, "remove": true}]}. '
+        "Pixels of the video; labels 1 positive, 0 negative; a mask PNG of the video's size "
+        "next to the file (non-zero = object). A prompt for a tracked object restarts it there. "
+        "With or without --bbox.",
     ),
     device: str | None = typer.Option(
         None,
@@ -654,6 +699,7 @@ def run(
         fill_hole_area=fill_hole_area,
         max_frames=max_frames,
         progress=progress,
+        prompts_file=prompts,
     )
     raise typer.Exit(code)
 

@@ -198,6 +198,52 @@ def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> 
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def check_prompt(p: Prompt, size: tuple[int, int]) -> Prompt:
+    """``p`` checked against a ``(width, height)`` frame: labels, points inside, the box clipped
+    to the frame, a mask of the frame's size made boolean; a one-line ``TrackerError`` else."""
+    width, height = size
+    where = f"prompt for object {p.obj_id} on frame {p.frame}"
+    if p.remove:
+        return p
+    if p.mask is not None:
+        return _check_mask(p, where, size)
+    if p.box is None and not p.points:
+        raise TrackerError(f"{where} has neither a box, points nor a mask")
+    if len(p.labels) != len(p.points):
+        raise TrackerError(
+            f"{where} has {len(p.points)} point(s) and {len(p.labels)} label(s); "
+            "give one label (1 positive, 0 negative) per point"
+        )
+    if any(label not in (0, 1) for label in p.labels):
+        raise TrackerError(f"{where}: point labels must be 1 (positive) or 0 (negative)")
+    for x, y in p.points:
+        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < width and 0 <= y < height):
+            raise TrackerError(
+                f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} frame"
+            )
+    box = check_box(p.box, width, height, p.obj_id) if p.box is not None else None
+    return dataclasses.replace(p, box=box)
+
+
+def _check_mask(p: Prompt, where: str, size: tuple[int, int]) -> Prompt:
+    if p.box is not None or p.points:
+        raise TrackerError(
+            f"{where} gives a mask together with a box or points; a mask prompt stands alone "
+            "(as SAM 2's add_new_mask)"
+        )
+    mask = np.asarray(p.mask)
+    if mask.shape != (size[1], size[0]):
+        got = f"{mask.shape[1]}x{mask.shape[0]}" if mask.ndim == 2 else f"of shape {mask.shape}"
+        raise TrackerError(
+            f"{where}: the mask is {got}, the video {size[0]}x{size[1]}; give a mask of the "
+            "video's size (non-zero = object)"
+        )
+    mask = mask != 0
+    if not mask.any():
+        raise TrackerError(f"{where}: the mask is empty; mark the object with non-zero pixels")
+    return dataclasses.replace(p, mask=mask)
+
+
 def box_prompts(boxes: Sequence[Box], frame: int = 0) -> list[Prompt]:
     """One box prompt per object (ids 0, 1, ...) on ``frame``."""
     return [Prompt(frame, i, box=tuple(b)) for i, b in enumerate(boxes)]  # type: ignore[arg-type]
@@ -330,11 +376,14 @@ class Tracker:
         order = [o for o in session.objects.values() if o.obj_id in low_res]
         finished = self.graphs.finish(np.stack([low_res[o.obj_id] for o in order]), size)
         results = []
+        prompted = {p.obj_id for p in new}
         for obj, (mask, box) in zip(order, finished, strict=True):
             score = scores[obj.obj_id]
             present = bool(score > self.settings.min_obj_score_logits) and box is not None
             iou = obj.last.iou if obj.last else 0.0
-            results.append(ObjectResult(obj.obj_id, mask, box, iou, present))
+            results.append(
+                ObjectResult(obj.obj_id, mask, box, iou, present, obj.obj_id in prompted)
+            )
         return results
 
     def remove(self, obj_id: int) -> None:
@@ -431,7 +480,6 @@ class Tracker:
     def _check_prompts(
         self, prompts: Sequence[Prompt], t: int, size: tuple[int, int], session: VideoSession
     ) -> list[Prompt]:
-        width, height = size
         seen: set[int] = set()
         out = []
         for p in prompts:
@@ -441,50 +489,10 @@ class Tracker:
             if p.obj_id in seen:
                 raise TrackerError(f"{where}: one prompt per object and frame (merge them)")
             seen.add(p.obj_id)
-            if p.remove:
-                if p.obj_id not in session.objects:
-                    raise TrackerError(f"{where} removes an object that is not being tracked")
-                out.append(p)
-                continue
-            if p.mask is not None:
-                out.append(self._check_mask(p, where, size))
-                continue
-            if p.box is None and not p.points:
-                raise TrackerError(f"{where} has neither a box, points nor a mask")
-            if len(p.labels) != len(p.points):
-                raise TrackerError(
-                    f"{where} has {len(p.points)} point(s) and {len(p.labels)} label(s); "
-                    "give one label (1 positive, 0 negative) per point"
-                )
-            if any(label not in (0, 1) for label in p.labels):
-                raise TrackerError(f"{where}: point labels must be 1 (positive) or 0 (negative)")
-            for x, y in p.points:
-                if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < width and 0 <= y < height):
-                    raise TrackerError(
-                        f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} frame"
-                    )
-            box = check_box(p.box, width, height, p.obj_id) if p.box is not None else None
-            out.append(dataclasses.replace(p, box=box))
+            if p.remove and p.obj_id not in session.objects:
+                raise TrackerError(f"{where} removes an object that is not being tracked")
+            out.append(check_prompt(p, size))
         return out
-
-    @staticmethod
-    def _check_mask(p: Prompt, where: str, size: tuple[int, int]) -> Prompt:
-        if p.box is not None or p.points:
-            raise TrackerError(
-                f"{where} gives a mask together with a box or points; a mask prompt stands alone "
-                "(as SAM 2's add_new_mask)"
-            )
-        mask = np.asarray(p.mask)
-        if mask.shape != (size[1], size[0]):
-            raise TrackerError(
-                f"{where}: the mask is {mask.shape[1] if mask.ndim == 2 else '?'}x"
-                f"{mask.shape[0] if mask.ndim else '?'}, the video {size[0]}x{size[1]}; give a "
-                "mask of the video's size (non-zero = object)"
-            )
-        mask = mask != 0
-        if not mask.any():
-            raise TrackerError(f"{where}: the mask is empty; mark the object with non-zero pixels")
-        return dataclasses.replace(p, mask=mask)
 
     def _remove(self, session: VideoSession, obj_id: int) -> None:
         obj = session.objects.pop(obj_id)

@@ -49,6 +49,7 @@ class ObjectResult:
     box: tuple[int, int, int, int] | None  # (x, y, w, h), None when absent
     score: float
     present: bool
+    prompted: bool = False  # (re)started on this frame by a prompt
 
 
 Results = Sequence[ObjectResult]
@@ -164,7 +165,7 @@ def _capture_frames(cap: cv2.VideoCapture, first: np.ndarray | None = None) -> I
         cap.release()
 
 
-def _check_frame_size(width: int, height: int, what: str) -> None:
+def check_frame_size(width: int, height: int, what: str) -> None:
     if width * height > MAX_FRAME_PIXELS:
         raise VideoError(
             f"{what} is {width}x{height}, over the {MAX_FRAME_PIXELS // 10**6} megapixels a frame "
@@ -172,7 +173,7 @@ def _check_frame_size(width: int, height: int, what: str) -> None:
         )
 
 
-def _header_size(path: Path, what: str) -> tuple[int, int] | None:
+def header_size(path: Path, what: str) -> tuple[int, int] | None:
     """(width, height) from an image file's header (nothing decoded), None if unreadable."""
     try:
         with warnings.catch_warnings():  # PIL warns above 89 MP; ours is the one message
@@ -194,7 +195,7 @@ def _open_video_file(path: Path) -> FrameSource:
     width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     try:
-        _check_frame_size(width, height, what)
+        check_frame_size(width, height, what)
     except VideoError:
         cap.release()
         raise
@@ -229,15 +230,15 @@ def _open_folder(folder: Path) -> FrameSource:
         raise VideoError(f"folder {folder} has no .jpg/.jpeg/.png frames; point to a frame folder")
     paths = _frame_sort_key(paths)
     # the header alone gives the size; a broken file is reported when it is reached
-    size = _header_size(paths[0], f"frame 0 ({paths[0]})")
+    size = header_size(paths[0], f"frame 0 ({paths[0]})")
     if size is not None:
-        _check_frame_size(*size, f"frame 0 ({paths[0]})")
+        check_frame_size(*size, f"frame 0 ({paths[0]})")
 
     def frames() -> Iterator[np.ndarray]:
         for i, p in enumerate(paths):
-            header = _header_size(p, f"frame {i} ({p})")
+            header = header_size(p, f"frame {i} ({p})")
             if header is not None:  # refused before decoding: too large, or another size
-                _check_frame_size(*header, f"frame {i} ({p})")
+                check_frame_size(*header, f"frame {i} ({p})")
                 if size is not None and header != size:
                     raise VideoError(
                         f"frame {i} of folder {folder} is {header[0]}x{header[1]} but frame 0 is "
@@ -574,6 +575,7 @@ class JsonlWriter(_Writer):
                 "box": list(output_box(r.box) or ()) or None,
                 "score": float(r.score),
                 "present": bool(r.present),
+                "prompted": bool(r.prompted),
             }
             for r in results
         ]

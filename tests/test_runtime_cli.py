@@ -275,7 +275,7 @@ def test_two_objects_all_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
     for i, r in enumerate(rows):
         assert [o["id"] for o in r["objects"]] == [0, 1]
         for k, o in enumerate(r["objects"]):
-            assert set(o) == {"id", "box", "score", "present"}
+            assert set(o) == {"id", "box", "score", "present", "prompted"}
             assert (o["box"] if o["present"] else [0, 0, 0, 0]) == boxes[k][i]
     for k in (0, 1):
         pngs = sorted((out / "masks" / f"obj{k}").iterdir())

@@ -259,10 +259,10 @@ def test_jsonl_writer(tmp_path: Path) -> None:
         w.write(1, None, _results(1, (True, False)))
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0] == {"frame": 0, "objects": [
-        {"id": 0, "box": [5, 10, 19, 9], "score": 0.5, "present": True},
-        {"id": 1, "box": [5, 11, 19, 9], "score": pytest.approx(0.6), "present": True}]}
+        {"id": 0, "box": [5, 10, 19, 9], "score": 0.5, "present": True, "prompted": False},
+        {"id": 1, "box": [5, 11, 19, 9], "score": pytest.approx(0.6), "present": True, "prompted": False}]}
     assert lines[1]["objects"][1] == {"id": 1, "box": None, "score": pytest.approx(0.6),
-                                      "present": False}
+                                      "present": False, "prompted": False}
 
 
 def test_annotated_video_writer(tmp_path: Path) -> None:
@@ -359,6 +359,6 @@ def test_box_encoding_present_one_pixel_and_non_finite_scores(tmp_path: Path) ->
     assert "NaN" not in text and "Infinity" not in text
     row = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSONL"))
     assert row["objects"] == [
-        {"id": 0, "box": [0, 0, 1, 1], "score": None, "present": True},
-        {"id": 1, "box": None, "score": None, "present": False},
+        {"id": 0, "box": [0, 0, 1, 1], "score": None, "present": True, "prompted": False},
+        {"id": 1, "box": None, "score": None, "present": False, "prompted": False},
     ]
