@@ -20,7 +20,7 @@ from typing import Any
 from samurai_onnx.compiler.modeling.common import ATTENTION_LOWERINGS
 from samurai_onnx.compiler.modeling.config import HieraConfig, SAM2Config, config_problem
 from samurai_onnx.runtime import documents
-from samurai_onnx.runtime.bundle import TrackerSettings
+from samurai_onnx.runtime.bundle import GEOMETRY_SETTINGS, TrackerSettings
 from samurai_onnx.runtime.contract import MODEL_GRAPHS
 from samurai_onnx.runtime.documents import DocumentError, check_fields, kind_ok, short
 
@@ -160,18 +160,7 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
     )
 
 
-# The tracker settings that follow from the model (and the target's memory shape); a manifest
-# setting them under tracker: could only contradict the model.
-_DERIVED_TRACKER_KEYS = (
-    "image_size",
-    "d_model",
-    "mem_dim",
-    "feat_size",
-    "low_res_mask_size",
-    "num_maskmem",
-    "max_obj_ptrs_in_encoder",
-    "memory_shape",
-)
+_DERIVED_TRACKER_KEYS = GEOMETRY_SETTINGS
 
 
 def _model_config(name: str, data: Any, where: str) -> SAM2Config:

@@ -176,17 +176,21 @@ def _check_together(s: Mapping[str, Any], where: str, error: ErrorType) -> None:
 _DEFAULT_SETTINGS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrackerSettings)}
 
 # Set by the model (and the static graph's slots): never changed at run time.
+# The settings that follow from the model (and the target's memory shape): a manifest may not set
+# them under tracker: (they could only contradict the model), nor may a run override them.
+GEOMETRY_SETTINGS = (
+    "image_size",
+    "d_model",
+    "mem_dim",
+    "feat_size",
+    "low_res_mask_size",
+    "num_maskmem",
+    "max_obj_ptrs_in_encoder",
+    "memory_shape",
+)
 MODEL_SETTINGS = frozenset(
     {
-        # the model's geometry
-        "image_size",
-        "d_model",
-        "mem_dim",
-        "feat_size",
-        "low_res_mask_size",
-        "num_maskmem",
-        "max_obj_ptrs_in_encoder",
-        "memory_shape",
+        *GEOMETRY_SETTINGS,
         "static_memory_slots",
         "static_pointer_slots",
         # constants baked into the graphs (recorded per graph in bundle.yaml)
