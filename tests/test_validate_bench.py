@@ -81,7 +81,7 @@ def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
     comps = onnx["components"]
     assert set(comps) == {
         "preprocess", "image_encoder", "memory_attention", "mask_decoder", "memory_encoder",
-        "postprocess",
+        "postprocess", "mask_prompt",
     }  # fmt: skip
     per_frame = {"image_encoder", "preprocess"}  # one call per frame, whatever the objects
     for name, per_b in comps.items():
