@@ -126,19 +126,29 @@ def one_line(exc: BaseException) -> str:
     return text[:400]
 
 
-def signature(compiled: Any) -> tuple[list[tuple[str, str, list[Any]]], ...]:
-    """(name, dtype, shape) of a compiled model's inputs and outputs; dynamic axes as ``"?"``."""
+def signature(
+    compiled: Any, contract: GraphContract | None = None
+) -> tuple[list[tuple[str, str, list[Any]]], ...]:
+    """(name, dtype, shape) of a compiled model's inputs and outputs; dynamic axes as ``"?"``.
 
-    def rows(ports: Any) -> list[tuple[str, str, list[Any]]]:
+    A port can carry several tensor names (an output that is also an intermediate tensor of the
+    graph); the one the contract expects at that position is used when the port has it.
+    """
+
+    def rows(ports: Any, expected: Sequence[str]) -> list[tuple[str, str, list[Any]]]:
         out = []
-        for port in ports:
-            name = port.get_any_name() if port.get_names() else ""
+        for i, port in enumerate(ports):
+            names = port.get_names()
+            want = expected[i] if i < len(expected) else ""
+            name = want if want in names else (sorted(names)[0] if names else "")
             kind = port.get_element_type().get_type_name()
             dims = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
             out.append((name, _DTYPES.get(kind, kind), dims))
         return out
 
-    return rows(compiled.inputs), rows(compiled.outputs)
+    ins = contract.input_names if contract else ()
+    outs = contract.output_names if contract else ()
+    return rows(compiled.inputs, ins), rows(compiled.outputs, outs)
 
 
 def check_contract(contract: GraphContract, compiled: Any) -> list[TensorSpec]:
@@ -150,7 +160,7 @@ def check_contract(contract: GraphContract, compiled: Any) -> list[TensorSpec]:
     OpenVINO leaves open is checked on every run's result instead (``ContractError`` if it
     differs), so a wrong graph still fails on its first run.
     """
-    inputs, outputs = signature(compiled)
+    inputs, outputs = signature(compiled, contract)
     later: list[TensorSpec] = []
     known = []
     for name, dtype, dims in outputs:
