@@ -292,13 +292,16 @@ class OpenVinoGraphSession(GraphSession):
         """One run; OpenVINO's errors are raised as they are (``_run`` decides what they mean)."""
         names = tuple(n for n in self.contract.output_names if n in into)
         request = self._request(compiled, names)
-        for i, array in enumerate(arrays):
-            request.set_input_tensor(i, _tensor(array))
+        # The request holds only pointers into the arrays: the tensors (and the contiguous copies
+        # ``_tensor`` may make) must stay alive until ``infer`` has returned.
+        alive = [_tensor(array) for array in arrays]
+        for i, tensor in enumerate(alive):
+            request.set_input_tensor(i, tensor)
         for name in names:
-            request.set_output_tensor(
-                self._out_index[name], ov.Tensor(into[name], shared_memory=True)
-            )
+            alive.append(ov.Tensor(into[name], shared_memory=True))
+            request.set_output_tensor(self._out_index[name], alive[-1])
         request.infer()
+        del alive
         out: dict[str, Any] = {}
         for i, name in enumerate(self.contract.output_names):
             if name in into:
