@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,7 @@ def _build_model_graph(
 
 def _build_processing_graph(
     name: str,
+    model: SAM2Model,
     target: TargetManifest,
     settings: TrackerSettings,
     work: Path,
@@ -241,14 +243,28 @@ def _build_processing_graph(
     on_pass: Callable[[PassReport], None],
     engine: Engine | None = None,
 ) -> BuiltGraph:
-    """preprocess / postprocess: written in ONNX operators, checked against the host code (on
-    ``engine``, or ONNX Runtime)."""
+    """Graphs written in ONNX operators, checked against the host (or PyTorch) computation, on
+    ``engine`` (or ONNX Runtime)."""
     build, check, tol = PROCESSING_GRAPHS[name]
+    if name == "mask_prompt":  # the one that holds a weight: the model's mask_downsample conv
+        conv = model.mask_downsample
+        weights = {
+            "weight": conv.weight.detach().numpy().copy(),
+            "bias": conv.bias.detach().numpy().copy(),
+        }
+        build, check = partial(build, **weights), partial(check, **weights)
     where = f"the {name} graph's tolerance (compiler/processing.py)"
 
     def step(pass_name: str, fn: Callable[[], Path]) -> tuple[Path, dict[str, float]]:
         return _run_step(
-            name, pass_name, fn, lambda p: check(p, settings, engine), tol, where, options, on_pass
+            name,
+            pass_name,
+            fn,
+            lambda p: check(p, settings, engine=engine),
+            tol,
+            where,
+            options,
+            on_pass,
         )
 
     path, errors = step("build", lambda: build(settings, work / f"{name}.onnx"))
@@ -293,13 +309,11 @@ def compile_bundle(
     # every component has passed, so a failed build never leaves a bundle.yaml next to graphs
     # that do not match it.
     report = on_pass or (lambda r: None)
-    # Checks run on the target's engine (None: ONNX Runtime); processing graphs run there only
-    # when the target processes frames in graphs (cpu-openvino resizes on the host).
+    # Checks run on the target's engine (None: ONNX Runtime's CPU provider).
     try:
         engine = check_engine(target.engine, target.engine_options) if options.verify else None
     except EngineError as exc:
         raise BuildError(f"{target.path}: {exc}") from None
-    processing_engine = engine if target.processing == "graph" else None
     with tempfile.TemporaryDirectory(prefix=".samurai-build-", dir=out) as tmp:
         for name in chosen:
             if name in MODEL_GRAPHS:
@@ -308,7 +322,7 @@ def compile_bundle(
                 )
             else:
                 built = _build_processing_graph(
-                    name, target, settings, Path(tmp), options, report, processing_engine
+                    name, model, target, settings, Path(tmp), options, report, engine
                 )
             finals[name] = built.final
             ins, outs = _signature(built.onnx_path)

@@ -171,6 +171,110 @@ def build_postprocess(settings: TrackerSettings, out: Path) -> Path:
     return out
 
 
+def build_mask_prompt(
+    settings: TrackerSettings, out: Path, weight: np.ndarray, bias: np.ndarray
+) -> Path:
+    """Write the mask-prompt graph: SAM 2's ``add_new_mask`` and ``_use_mask_as_output``.
+
+    The 0/1 mask (any size; the video's) is resized to the model's size with antialiased
+    bilinear interpolation and thresholded at 0.5; ``mask_downsample`` (the model's 4x4
+    stride-4 convolution, ``weight``/``bias``) turns it into the decoder's mask input, and
+    ``mask * 20 - 10`` resized to the low-res size (antialiased) is the prompted frame's output
+    mask. ONNX ``Resize`` (linear, ``antialias=1``, ``exclude_outside=1``) is PyTorch's
+    antialiased bilinear kernel.
+    """
+    spec = contract("mask_prompt", settings.geometry)
+    s, low = settings.image_size, settings.low_res_mask_size
+    resize: dict[str, Any] = {
+        "mode": "linear",
+        "antialias": 1,
+        "exclude_outside": 1,
+        "coordinate_transformation_mode": "half_pixel",
+    }
+    nodes = [
+        helper.make_node("Shape", ["mask"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero1", "two1", "axis0"], ["b_one"]),
+        helper.make_node("Concat", ["b_one", "size_hw"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["mask", "", "", "sizes"], ["resized"], **resize),
+        helper.make_node("GreaterOrEqual", ["resized", "half"], ["on"]),
+        helper.make_node("Cast", ["on"], ["binary"], to=TensorProto.FLOAT),
+        helper.make_node(
+            "Conv",
+            ["binary", "down_w", "down_b"],
+            ["mask_input"],
+            kernel_shape=[4, 4],
+            strides=[4, 4],
+        ),
+        helper.make_node("Mul", ["binary", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "offset"], ["logits"]),
+        helper.make_node("Concat", ["b_one", "size_low"], ["sizes_low"], axis=0),
+        helper.make_node("Resize", ["logits", "", "", "sizes_low"], ["low_res_masks"], **resize),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero1"),
+        numpy_helper.from_array(np.array([2], np.int64), "two1"),
+        numpy_helper.from_array(np.array([s, s], np.int64), "size_hw"),
+        numpy_helper.from_array(np.array([low, low], np.int64), "size_low"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(20.0, np.float32), "scale"),
+        numpy_helper.from_array(np.array(-10.0, np.float32), "offset"),
+        numpy_helper.from_array(weight.astype(np.float32), "down_w"),
+        numpy_helper.from_array(bias.astype(np.float32), "down_b"),
+    ]
+    graph = helper.make_graph(
+        nodes, "mask_prompt", _value_info(spec.inputs), _value_info(spec.outputs), inits
+    )
+    onnx.save(_model(graph), str(out))
+    return out
+
+
+def check_mask_prompt(
+    path: Path,
+    settings: TrackerSettings,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    engine: Engine | None = None,
+) -> dict[str, float]:
+    """Max abs difference from SAM 2's PyTorch computation, on a blob mask at two video sizes."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    run = _runner(path, "mask_prompt", settings, engine)
+    rng = np.random.default_rng(0)
+    s, low = settings.image_size, settings.low_res_mask_size
+    worst = {"mask_input": 0.0, "low_res_masks": 0.0}
+    for h, w in ((720, 1280), (240, 320)):
+        noise = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), h / 20)
+        mask = (noise > 0.3).astype(np.float32)[None, None]
+        got = dict(zip(("mask_input", "low_res_masks"), run({"mask": mask}), strict=True))
+        with torch.no_grad():
+            m = F.interpolate(
+                torch.from_numpy(mask),
+                size=(s, s),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+            m = (m >= 0.5).float()
+            want = {
+                "mask_input": F.conv2d(
+                    m, torch.from_numpy(weight), torch.from_numpy(bias), stride=4
+                ),
+                "low_res_masks": F.interpolate(
+                    m * 20.0 - 10.0,
+                    size=(low, low),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                ),
+            }
+        for k in worst:
+            worst[k] = max(worst[k], float(np.abs(got[k] - want[k].numpy()).max()))
+    return worst
+
+
 def _extent(occ: str, lo: str, hi: str, big: int) -> list[onnx.NodeProto]:
     """First and last occupied index of ``occ [B, N]`` (0/1) as ``[B, 1]`` floats.
 
@@ -268,10 +372,12 @@ def check_postprocess(
     return {"video_masks": differ, "video_boxes": box_error}
 
 
-# graph -> (builder, check against the host implementation, tolerance). Tolerances: one 8-bit
-# level after normalisation (1 / 255 / min(std) = 0.0175) for preprocess; a share of 1e-4 of
-# the pixels for the masks (the boxes' limit, 1 px, is a floor in passes/verify.py).
-PROCESSING_GRAPHS = {
+# graph -> (builder, check against the host / PyTorch computation, tolerance). Tolerances: one
+# 8-bit level after normalisation (1 / 255 / min(std) = 0.0175) for preprocess; a share of 1e-4
+# of the pixels for the masks (the boxes' limit, 1 px, is a floor in passes/verify.py); 1e-4 for
+# the mask prompt's logits (measured: 5e-7).
+PROCESSING_GRAPHS: dict[str, tuple[Any, Any, float]] = {
     "preprocess": (build_preprocess, check_preprocess, 0.018),
     "postprocess": (build_postprocess, check_postprocess, 1e-4),
+    "mask_prompt": (build_mask_prompt, check_mask_prompt, 1e-4),  # + the model's weights
 }

@@ -22,7 +22,9 @@ grid, ``L`` low-res mask size):
   IoU predictions, boxes and object pointers, the object score and the single mask's stability;
 - ``memory_encoder``: the chosen candidate of each object (picked in the graph) -> its memory and
   pointer, scattered into the pools, which come back updated (the runtime ping-pongs two buffers);
-- ``postprocess``: low-res mask logits -> the mask at video size and its box.
+- ``postprocess``: low-res mask logits -> the mask at video size and its box;
+- ``mask_prompt``: a mask prompt (0/1 at video size) -> the decoder's mask input and the
+  prompted frame's low-res mask logits, as SAM 2's ``add_new_mask`` / ``_use_mask_as_output``.
 
 A static-shape variant (TensorRT, ORT Mobile) gives ``memory_attention`` fixed ``N = S`` and
 ``Q = P`` slots with ``memory_valid`` / ``ptr_valid`` masks.
@@ -194,9 +196,10 @@ GRAPHS = (
     "mask_decoder",
     "memory_encoder",
     "postprocess",
+    "mask_prompt",
 )
-# The graphs that come from SAM 2.1's weights (traced from PyTorch); the other two are built
-# from ONNX operators directly and hold no weights.
+# The graphs traced from SAM 2.1's modules; the others are written in ONNX operators directly
+# (mask_prompt holds one small convolution of the model's).
 MODEL_GRAPHS = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
 # The batch axes: fixed to 1 in bundles built without dynamic batches.
 BATCH_AXES = {"batch": 1, "objects": 1, "embed_batch": 1}
@@ -309,6 +312,15 @@ def contract(name: str, geo: Geometry, *, static: bool = False) -> GraphContract
                 t("video_boxes", "int64", ("objects", 4)),
             ),
         )
+    if name == "mask_prompt":
+        return GraphContract(
+            name,
+            (t("mask", "float32", ("objects", 1, "mask_height", "mask_width")),),
+            (
+                t("mask_input", "float32", ("objects", 1, low, low)),
+                t("low_res_masks", "float32", ("objects", 1, low, low)),
+            ),
+        )
     raise ContractError(f"unknown graph {name!r}; known: {', '.join(GRAPHS)}")
 
 
@@ -357,6 +369,8 @@ def example_feeds(
             out[t.name] = (np.arange(shape[0]) % 2).astype(np.float32)
         elif t.name == "ptr_offsets":
             out[t.name] = (rng.random(shape) * 2 - 1).astype(np.float32)
+        elif t.name == "mask":
+            out[t.name] = (rng.random(shape) > 0.7).astype(np.float32)
         elif t.name == "video_size":
             out[t.name] = np.array([dims.get("height", 720), dims.get("width", 1280)], np.int64)
         else:

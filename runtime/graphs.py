@@ -119,6 +119,8 @@ class SamuraiGraphs:
         needed = ["image_encoder", "memory_attention", "mask_decoder", "memory_encoder"]
         if self.processing == "graph":
             needed += ["preprocess", "postprocess"]
+        if "mask_prompt" in bundle.components:
+            needed.append("mask_prompt")
         self.sessions: dict[str, GraphSession] = {}
         for name in needed:
             spec = contract(name, geo, static=self.static and name == "memory_attention")
@@ -210,7 +212,7 @@ class SamuraiGraphs:
         prompted: bool,
         coords: np.ndarray | None = None,
         labels: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
+        mask_input: Any = None,
         batch: int | None = None,
     ) -> Decoded:
         """The mask decoder for ``B`` objects.
@@ -246,6 +248,18 @@ class SamuraiGraphs:
             boxes=get(out["mask_boxes"]),
             stability=get(out["stability_score"])[:, 0],
         )
+
+    def mask_prompt(self, masks: np.ndarray) -> tuple[Any, Any]:
+        """Mask prompts ``[B, H, W]`` (0/1 at video size) -> (the decoder's mask input, the
+        prompted frame's low-res mask logits), both engine values ``[B, 1, L, L]``."""
+        if "mask_prompt" not in self.sessions:
+            raise BundleError(
+                f"{self.bundle.path} has no mask_prompt graph; rebuild it with this samurai-compile"
+            )
+        out = self.sessions["mask_prompt"].run(
+            {"mask": np.ascontiguousarray(masks[:, None], np.float32)}
+        )
+        return out["mask_input"], out["low_res_masks"]
 
     def chosen_masks(self, decoded: Decoded, candidates: Sequence[int]) -> np.ndarray:
         """The chosen candidates' low-res logits on the host, ``[B, L, L]`` float32 (a copy)."""

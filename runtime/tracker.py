@@ -65,6 +65,10 @@ FIXED_SETTINGS = frozenset(
 )
 
 
+# SAM 2's object score for a mask prompt that marks the object: 20 * 1 - 10.
+MASK_PROMPT_SCORE = 10.0
+
+
 class TrackerError(ValueError):
     """Bad input to the tracker (a box, a prompt, a frame, a call order), with the fix."""
 
@@ -74,7 +78,8 @@ class Prompt:
     """A prompt for one object on one frame, in pixels of the video.
 
     ``box`` is ``(x, y, w, h)``; ``points`` are ``(x, y)`` with ``labels`` 1 (positive) or 0
-    (negative); a box and points may be given together (SAM 2 puts the box first). ``remove``
+    (negative); a box and points may be given together (SAM 2 puts the box first). ``mask`` is
+    a boolean ``[H, W]`` array at the video's size (alone: SAM 2's ``add_new_mask``). ``remove``
     ends the object's track from this frame on.
     """
 
@@ -83,6 +88,7 @@ class Prompt:
     box: Box | None = None
     points: tuple[Point, ...] = ()
     labels: tuple[int, ...] = ()
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     remove: bool = False
 
     @property
@@ -148,7 +154,6 @@ class VideoSession:
     """The state of one video: its objects, the frame counter, the frame size, the pools."""
 
     pools: MemoryPools
-    num_frames: int | None
     objects: dict[int, ObjectState] = field(default_factory=dict)
     frame_index: int = -1
     frame_size: tuple[int, int] | None = None  # (width, height)
@@ -340,7 +345,10 @@ class Tracker:
         for group in self._groups(tracked, t):
             self._track_group(group, feats, t, low_res, scores)
         for group in (c for g in _by_points(new) for c in _chunks(g, self.max_batch)):
-            self._prompt_group(group, feats, t, size, low_res, scores)
+            if group[0].mask is not None:
+                self._mask_group(group, feats, t, low_res, scores)
+            else:
+                self._prompt_group(group, feats, t, size, low_res, scores)
         order = [o for o in session.objects.values() if o.obj_id in low_res]
         finished = self.graphs.finish(np.stack([low_res[o.obj_id] for o in order]), size)
         results = []
@@ -413,7 +421,7 @@ class Tracker:
     def _new_session(self) -> VideoSession:
         bank = self._bank()
         pools = MemoryPools(self.engine, self.bundle, bank.memory_slots, bank.pointer_slots)
-        return VideoSession(pools=pools, num_frames=self.num_frames)
+        return VideoSession(pools=pools)
 
     def _bank(self) -> MemoryBank:
         s = self.settings
@@ -460,8 +468,11 @@ class Tracker:
                     raise TrackerError(f"{where} removes an object that is not being tracked")
                 out.append(p)
                 continue
+            if p.mask is not None:
+                out.append(self._check_mask(p, where, size))
+                continue
             if p.box is None and not p.points:
-                raise TrackerError(f"{where} has neither a box nor points")
+                raise TrackerError(f"{where} has neither a box, points nor a mask")
             if len(p.labels) != len(p.points):
                 raise TrackerError(
                     f"{where} has {len(p.points)} point(s) and {len(p.labels)} label(s); "
@@ -477,6 +488,25 @@ class Tracker:
             box = check_box(p.box, width, height, p.obj_id) if p.box is not None else None
             out.append(dataclasses.replace(p, box=box))
         return out
+
+    @staticmethod
+    def _check_mask(p: Prompt, where: str, size: tuple[int, int]) -> Prompt:
+        if p.box is not None or p.points:
+            raise TrackerError(
+                f"{where} gives a mask together with a box or points; a mask prompt stands alone "
+                "(as SAM 2's add_new_mask)"
+            )
+        mask = np.asarray(p.mask)
+        if mask.shape != (size[1], size[0]):
+            raise TrackerError(
+                f"{where}: the mask is {mask.shape[1] if mask.ndim == 2 else '?'}x"
+                f"{mask.shape[0] if mask.ndim else '?'}, the video {size[0]}x{size[1]}; give a "
+                "mask of the video's size (non-zero = object)"
+            )
+        mask = mask != 0
+        if not mask.any():
+            raise TrackerError(f"{where}: the mask is empty; mark the object with non-zero pixels")
+        return dataclasses.replace(p, mask=mask)
 
     def _remove(self, session: VideoSession, obj_id: int) -> None:
         obj = session.objects.pop(obj_id)
@@ -649,6 +679,59 @@ class Tracker:
             low_res[obj.obj_id] = chosen[i]
             scores[obj.obj_id] = entries[i].object_score
 
+    def _mask_group(
+        self,
+        group: list[Prompt],
+        feats: FrameFeatures,
+        t: int,
+        low_res: dict[int, np.ndarray],
+        scores: dict[int, float],
+    ) -> None:
+        """Objects prompted with a mask on this frame: SAM 2's ``_use_mask_as_output``.
+
+        The output is the mask itself (as +-10 logits at low resolution, IoU 1, object score
+        +10); the decoder runs with the mask as its dense prompt only for the object pointer
+        (token 0, on the frame's own features); the memory is the binarized mask.
+        """
+        session = self.session
+        assert session is not None
+        masks = np.stack([np.asarray(p.mask, np.float32) for p in group])
+        mask_input, logits = self.graphs.mask_prompt(masks)
+        dec = self.graphs.decode(
+            feats.vision_features, feats, prompted=False, mask_input=mask_input, batch=len(group)
+        )
+        objs = [self._object_for(session, p.obj_id, t) for p in group]
+        score = MASK_PROMPT_SCORE
+        entries = [
+            obj.memory.set_conditioning(
+                MemoryEntry(frame=0, iou=1.0, object_score=score, kf_score=None)
+            )
+            for obj in objs
+        ]
+        # as on every prompted frame, the memory comes from the hole-filled mask, binarized
+        chosen = self._filled(self.engine.download(logits)[:, 0].astype(np.float32))
+        pools = session.pools
+        self.graphs.encode_memory(
+            feats,
+            pools,
+            masks=chosen[:, None],
+            candidate=[0] * len(group),
+            object_scores=np.full(len(group), score, np.float32),
+            binarize=True,
+            obj_ptr=dec.obj_ptr,
+            ptr_candidate=[0] * len(group),
+            memory_slot=[
+                pools.memory_index(o.block, e.slot) for o, e in zip(objs, entries, strict=True)
+            ],
+            ptr_slot=[
+                pools.ptr_index(o.block, e.ptr_slot) for o, e in zip(objs, entries, strict=True)
+            ],
+        )
+        for i, obj in enumerate(objs):
+            obj.last = StepInfo(t, 0, 1.0, score, None, None, (), (), chosen[i])
+            low_res[obj.obj_id] = chosen[i]
+            scores[obj.obj_id] = score
+
     def _object_for(self, session: VideoSession, obj_id: int, t: int) -> ObjectState:
         """The object ``obj_id`` (re)started on frame ``t``: new motion state and memory bank."""
         obj = session.objects.get(obj_id)
@@ -679,9 +762,10 @@ def _chunks(items: list[Any], size: int | None) -> list[list[Any]]:
 
 
 def _by_points(prompts: list[Prompt]) -> list[list[Prompt]]:
-    groups: dict[tuple[int, bool], list[Prompt]] = defaultdict(list)
+    """Prompts that can share one decoder call: same number of points (masks together)."""
+    groups: dict[tuple[int, bool, bool], list[Prompt]] = defaultdict(list)
     for p in prompts:
-        groups[(p.num_points, p.box is not None)].append(p)
+        groups[(p.num_points, p.box is not None, p.mask is not None)].append(p)
     return list(groups.values())
 
 

@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from samurai_onnx.compiler.evaluate.synthetic import BASE_BOX, synthetic_frames
+
+__all__ = ["SYNTHETIC_BOX", "synthetic_frames"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_VIDEOS = Path(os.environ.get("SAMURAI_SHARED_VIDEOS", REPO.parent / "shared" / "videos"))
 ORACLE_CONFIGS = {
@@ -160,24 +164,4 @@ def write_frames(frames: list[np.ndarray], folder: Path) -> Path:
     return folder
 
 
-def synthetic_frames(n: int, width: int = 480, height: int = 360) -> list[np.ndarray]:
-    """A white box moving right and down and a red disc moving left, on black: high-contrast
-    shapes on which the random-weight model gives localized masks (~5% of the frame).
-
-    The shapes are laid out for a 480-pixel-wide frame and scaled by ``width / 480``.
-    """
-    import cv2
-
-    s = width / 480
-    frames = []
-    for i in range(n):
-        f = np.zeros((height, width, 3), np.uint8)
-        x, y = round((100 + 8 * i) * s), round((120 + 3 * i) * s)
-        cv2.rectangle(f, (x, y), (x + round(90 * s), y + round(70 * s)), (255, 255, 255), -1)
-        centre = (round((330 - 5 * i) * s), round(250 * s))
-        cv2.circle(f, centre, round(30 * s), (60, 60, 255), -1)
-        frames.append(f)
-    return frames
-
-
-SYNTHETIC_BOX = (100.0, 120.0, 90.0, 70.0)
+SYNTHETIC_BOX = BASE_BOX

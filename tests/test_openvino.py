@@ -28,6 +28,7 @@ from samurai_onnx.runtime.tracker import Tracker
 ov = pytest.importorskip("openvino")
 
 from samurai_onnx.runtime.engine.openvino import (  # noqa: E402  (needs openvino)
+    DelegatedSession,
     OpenVinoEngine,
     resolve_precision,
 )
@@ -38,7 +39,7 @@ F32 = {"precision": "f32", "cache_dir": None}
 DIMS = {
     "batch": 1, "objects": 2, "embed_batch": 2, "memories": 3, "pointers": 5, "points": 2,
     "candidates": 4, "ptr_candidates": 4, "memory_slots": 14, "ptr_slots": 32,
-    "height": 90, "width": 160,
+    "height": 90, "width": 160, "mask_height": 90, "mask_width": 160,
 }  # fmt: skip
 
 
@@ -55,13 +56,8 @@ def ort_engine() -> Any:
 
 
 def openvino_bundle(bundle: Bundle, **options: Any) -> Bundle:
-    """``bundle`` (the cpu target's files) run on OpenVINO at f32, processing on the host."""
-    target = {
-        **bundle.target,
-        "engine": "openvino",
-        "engine_options": {**F32, **options},
-        "processing": "host",
-    }
+    """``bundle`` (the cpu target's files) run on OpenVINO at f32."""
+    target = {**bundle.target, "engine": "openvino", "engine_options": {**F32, **options}}
     return dataclasses.replace(bundle, target=target)
 
 
@@ -135,18 +131,13 @@ def test_gpu_devices_are_refused() -> None:
 
 
 def test_every_graph_matches_onnxruntime_at_fp32(tiny_bundle: Path) -> None:
-    """Each graph of the cpu bundle on OpenVINO (f32) vs ONNX Runtime, on contract inputs."""
+    """Each graph of the cpu bundle on OpenVINO (f32) vs ONNX Runtime, on contract inputs; the
+    two with an antialiased Resize run on ONNX Runtime inside the OpenVINO engine."""
     bundle = load_bundle(tiny_bundle)
     geo = bundle.tracker.geometry
     ov_e, ort_e = ov_engine(), ort_engine()
     worst: dict[str, float] = {}
-    for name in (
-        "image_encoder",
-        "memory_attention",
-        "mask_decoder",
-        "memory_encoder",
-        "postprocess",
-    ):
+    for name in bundle.components:
         spec = contract(name, geo)
         feeds = example_feeds(spec, geo, DIMS, seed=3)
         got = ov_e.load(bundle.file(name), spec).run(feeds)
@@ -158,6 +149,8 @@ def test_every_graph_matches_onnxruntime_at_fp32(tiny_bundle: Path) -> None:
             worst[f"{name}.{out}"] = max_diff(out, g, w)
     print(f"\nOpenVINO f32 vs ONNX Runtime, max abs difference: {worst}")
     assert all(v <= 1e-4 for v in worst.values()), worst
+    assert sorted(ov_e.delegated) == sorted({"preprocess", "mask_prompt"} & set(bundle.components))
+    assert "preprocess" in ov_e.describe() and "on onnxruntime" in ov_e.describe()
 
 
 def test_feeds_that_are_views_or_temporaries(tiny_bundle: Path) -> None:
@@ -242,9 +235,15 @@ def test_errors_are_engine_errors(tiny_bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(EngineError, match=r"broken\.onnx: OpenVINO cannot load the graph") as err:
         engine.load(broken, contract("mask_decoder", geo))
     assert "\n" not in str(err.value)
-    # the preprocess graph needs Resize's antialias, which OpenVINO's CPU plugin ignores
-    with pytest.raises(EngineError, match="antialiased Resize"):
-        engine.load(bundle.file("preprocess"), contract("preprocess", geo))
+    # the preprocess graph needs Resize's antialias, which OpenVINO's CPU plugin ignores: it runs
+    # on ONNX Runtime, and into= is honoured there too
+    pre = engine.load(bundle.file("preprocess"), contract("preprocess", geo))
+    assert isinstance(pre, DelegatedSession) and engine.delegated == ["preprocess"]
+    frame = np.zeros((48, 64, 3), np.uint8)
+    buffer = engine.zeros((1, 3, geo.image_size, geo.image_size), "float32")
+    assert pre.run({"frame": frame}, into={"image": buffer})["image"] is buffer
+    with pytest.raises(EngineError, match="does not fit the given buffer"):
+        pre.run({"frame": frame}, into={"image": engine.zeros((1, 3, 8, 8), "float32")})
     # a graph that is not the one the contract describes
     with pytest.raises(ContractError, match="mask_decoder: inputs are"):
         engine.load(bundle.file("memory_encoder"), contract("mask_decoder", geo))
@@ -269,7 +268,7 @@ def test_tracking_equals_onnxruntime_at_fp32(tiny_bundle: Path) -> None:
     boxes = [SYNTHETIC_BOX, (300.0, 220.0, 60.0, 60.0)]
     runs = {}
     for name, b in (("onnxruntime", bundle), ("openvino", openvino_bundle(bundle))):
-        tracker = Tracker(b, threads=2, processing="host", num_frames=len(frames))
+        tracker = Tracker(b, threads=2, num_frames=len(frames))
         steps = []
         for result in tracker.track(iter(frames), boxes):
             steps.append((result, [dataclasses.replace(s.last) for s in tracker.states if s.last]))
@@ -323,10 +322,11 @@ def test_cpu_openvino_target_checks_run_on_openvino(
     data = yaml.safe_load((out / "bundle.yaml").read_text())
     assert data["target"]["engine"] == "openvino"
     assert data["target"]["engine_options"]["precision"] == "auto"
-    assert data["target"]["processing"] == "host"
-    # model graphs checked on OpenVINO (export + simplify); postprocess on ONNX Runtime (host)
-    assert sorted({x.split(":")[0] for x in loaded}) == ["mask_decoder", "memory_encoder"]
-    assert len(loaded) == 4
+    assert data["target"]["processing"] == "graph"
+    # every check on OpenVINO: the model graphs after export and simplify, postprocess once
+    assert sorted(x.split(":")[0] for x in loaded) == [
+        "mask_decoder", "mask_decoder", "memory_encoder", "memory_encoder", "postprocess"
+    ]  # fmt: skip
     for name in ("mask_decoder", "memory_encoder"):  # declared for the bf16 it may run at
         assert data["components"][name]["tolerance"] == 1.0
         assert data["components"][name]["precision"] == "fp32"
@@ -375,7 +375,7 @@ def test_validate_runs_the_bundle_on_its_engine(
             except OSError:
                 shutil.copy2(f, folder / f.name)
     data = yaml.safe_load((tiny_bundle / "bundle.yaml").read_text())
-    data["target"].update(engine="openvino", engine_options=F32, processing="host")
+    data["target"].update(engine="openvino", engine_options=F32)
     (folder / "bundle.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     loaded: list[str] = []
     real_load = OpenVinoEngine.load
@@ -389,6 +389,6 @@ def test_validate_runs_the_bundle_on_its_engine(
     report = validate(folder, clip, SYNTHETIC_BOX, checkpoint=tiny_checkpoint, frames=3)
     print("\n" + report.to_markdown())
     assert set(MODEL_GRAPHS) <= set(loaded)  # per component and in the tracker
-    assert "preprocess" not in loaded  # processing host: those graphs ran on ONNX Runtime
+    assert {"preprocess", "postprocess"} <= set(loaded)
     assert report.precision == "fp32"
     assert report.ok

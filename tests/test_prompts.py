@@ -174,11 +174,32 @@ def test_correction_restarts_and_removal_ends(
     _assert_same(ours, _oracle(tiny_checkpoint, _frames_dir(clip, 3), box=moved), 0, 3)
 
 
+def test_mask_prompt_matches_the_oracle(
+    tiny_bundle: Path, tiny_checkpoint: Path, clip: tuple[list[np.ndarray], Path]
+) -> None:
+    """A mask prompt on frame 1 (the white rectangle's pixels) = the oracle's ``add_new_mask``
+    on the clip from frame 1; object 0 (a box on frame 0) is tracked alongside."""
+    frames, _ = clip
+    mask = frames[1].min(axis=2) > 200  # the white rectangle
+    assert 0.01 < mask.mean() < 0.2
+    prompts = [Prompt(0, 0, box=BOX_A), Prompt(1, 1, mask=mask)]
+    tracker = Tracker(
+        tiny_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
+    )
+    ours = _run_ours(tracker, frames, prompts)
+    assert [sorted(r) for r in ours] == [[0], [0, 1], [0, 1], [0, 1], [0, 1], [0, 1]]
+    assert ours[1][1][1].iou == 1.0 and ours[1][1][1].object_score == 10.0
+    _assert_same(ours, _oracle(tiny_checkpoint, _frames_dir(clip, 1), mask=mask), 1, 1)
+
+
 def test_prompt_errors(tiny_bundle: Path) -> None:
     frames = synthetic_frames(2, 160, 120)
     tracker = Tracker(tiny_bundle, processing="host")
     for prompt, needle in [
-        (Prompt(0, 0), "neither a box nor points"),
+        (Prompt(0, 0), "neither a box, points nor a mask"),
+        (Prompt(0, 0, mask=np.ones((120, 160), bool), box=(1, 1, 5, 5)), "stands alone"),
+        (Prompt(0, 0, mask=np.ones((10, 10), bool)), "the video 160x120"),
+        (Prompt(0, 0, mask=np.zeros((120, 160), bool)), "the mask is empty"),
         (Prompt(0, 0, points=((10.0, 10.0),), labels=()), "one label"),
         (Prompt(0, 0, points=((10.0, 10.0),), labels=(2,)), "1 (positive) or 0"),
         (Prompt(0, 0, points=((500.0, 10.0),), labels=(1,)), "outside the 160x120 frame"),

@@ -84,7 +84,7 @@ def contract_feeds(name: str, b: int, settings: Any, static: bool) -> dict[str, 
     dims = {
         "batch": b, "objects": b, "embed_batch": b, "memories": s, "pointers": p, "points": 1,
         "candidates": 4, "ptr_candidates": 4, "memory_slots": b * s, "ptr_slots": b * p,
-        "height": 720, "width": 1280,
+        "height": 720, "width": 1280, "mask_height": 720, "mask_width": 1280,
     }  # fmt: skip
     return example_feeds(contract(name, geo, static=static), geo, dims)
 
@@ -93,16 +93,9 @@ def _frames(video: str | None, n: int) -> list[np.ndarray]:
     from samurai_onnx.runtime.video import open_frames
 
     if video is None:
-        import cv2
+        from samurai_onnx.compiler.evaluate.synthetic import synthetic_frames
 
-        out = []
-        for i in range(n):
-            f = np.zeros((360, 480, 3), np.uint8)
-            cv2.rectangle(
-                f, (100 + 8 * i, 120 + 3 * i), (190 + 8 * i, 190 + 3 * i), (255, 255, 255), -1
-            )
-            out.append(f)
-        return out
+        return synthetic_frames(n)
     frames = []
     with open_frames(video) as src:
         for f in src:
@@ -354,6 +347,7 @@ def benchmark(args: dict[str, Any], *, reference: bool = True) -> dict[str, Any]
         report: dict[str, Any] = {"machine": machine(), "args": args, "sides": {}}
         for s in sides:
             entry = _as_dict(s)
+            entry.pop("masks_file")  # a temporary file of this run
             if ref is not None and s is not ref:
                 ious = _ious(s.masks_file, ref.masks_file)
                 if ious:
@@ -369,7 +363,6 @@ def benchmark(args: dict[str, Any], *, reference: bool = True) -> dict[str, Any]
 
 def _as_dict(r: SideResult) -> dict[str, Any]:
     data = asdict(r)
-    data.pop("masks_file")
     data["components"] = {
         k: {str(b): t for b, t in v.items()} for k, v in data["components"].items()
     }

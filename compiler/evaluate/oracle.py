@@ -78,11 +78,13 @@ def run_oracle(
     *,
     points: list[tuple[float, float]] | None = None,
     labels: list[int] | None = None,
+    mask: np.ndarray | None = None,
 ) -> Iterator[OracleFrame]:
     """Track one object through a folder of JPEG frames, one ``OracleFrame`` per frame.
 
     The object is prompted on the first frame with ``box`` (x, y, w, h), ``points`` (x, y) with
-    ``labels`` (1 positive, 0 negative), or both, through ``add_new_points_or_box``.
+    ``labels`` (1 positive, 0 negative), or both, through ``add_new_points_or_box``; or with a
+    boolean ``mask`` at the frames' size through ``add_new_mask``.
     """
     import torch
 
@@ -115,7 +117,10 @@ def run_oracle(
             if points:
                 prompt["points"] = np.asarray(points, np.float32)
                 prompt["labels"] = np.asarray(labels, np.int32)
-            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, **prompt)
+            if mask is not None:
+                predictor.add_new_mask(state, frame_idx=0, obj_id=1, mask=torch.from_numpy(mask))
+            else:
+                predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, **prompt)
             outputs = state["output_dict"]
             for idx, _, masks in predictor.propagate_in_video(
                 state, max_frame_num_to_track=None if max_frames is None else max_frames - 1

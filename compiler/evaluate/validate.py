@@ -3,8 +3,7 @@
 Per component, the ONNX graph and the oracle's own modules get the same real inputs (taken from
 the clip's first frame): max and mean abs error per output, checked against the tolerance the
 bundle declares for its precision. Graphs run on the bundle's own engine (ONNX Runtime, or
-OpenVINO for ``engine: openvino`` targets, at the precision it runs at on this machine); the
-pre/postprocessing graphs there only where the tracker uses them (``processing: graph``). End to end, the oracle's video predictor and our tracker run
+OpenVINO for ``engine: openvino`` targets, at the precision it runs at on this machine). End to end, the oracle's video predictor and our tracker run
 on the same JPEG frames: per-frame mask IoU, box error, chosen-candidate and memory agreement.
 """
 
@@ -23,8 +22,8 @@ import torch.nn.functional as F
 from samurai_onnx.compiler.evaluate.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
 from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, bf16_step
 from samurai_onnx.runtime.bundle import Bundle, load_bundle
-from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract
-from samurai_onnx.runtime.engine import Engine, EngineSettings, create_engine
+from samurai_onnx.runtime.contract import contract
+from samurai_onnx.runtime.engine import Engine, create_engine
 from samurai_onnx.runtime.graphs import _pad
 from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame
 from samurai_onnx.runtime.tracker import Tracker, check_box, engine_settings
@@ -137,21 +136,17 @@ def _err(ours: np.ndarray, ref: torch.Tensor | np.ndarray, *, bf16: bool = False
 
 
 class _Graphs:
-    """Runs a bundle's graphs one call at a time: model graphs on ``engine`` (the bundle's),
-    pre/postprocessing on ``processing_engine``."""
+    """Runs a bundle's graphs one call at a time on ``engine`` (the bundle's)."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, processing_engine: Engine) -> None:
-        self.bundle, self.engine, self.processing_engine = bundle, engine, processing_engine
-
-    def engine_for(self, name: str) -> Engine:
-        return self.engine if name in MODEL_GRAPHS else self.processing_engine
+    def __init__(self, bundle: Bundle, engine: Engine) -> None:
+        self.bundle, self.engine = bundle, engine
 
     def precision(self, name: str) -> str:
         """What ``name`` runs at here (bf16 for an fp32 graph on OpenVINO with a bf16 hint)."""
-        return self.engine_for(name).run_precision(name, self.bundle.components[name].precision)
+        return self.engine.run_precision(name, self.bundle.components[name].precision)
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        engine = self.engine_for(name)
+        engine = self.engine
         spec = contract(
             name, self.bundle.tracker.geometry, static=self.bundle.components[name].static
         )
@@ -412,12 +407,7 @@ def validate(
     size = size or bundle.model_name
     if size not in ORACLE_CONFIGS:
         raise ValueError(f"unknown model size {size!r}; use one of {', '.join(ORACLE_CONFIGS)}")
-    # the bundle's own engine; pre/postprocessing graphs there only if the tracker uses them
-    engine = create_engine(engine_settings(bundle, None, None))
-    graph_processing = (processing or bundle.processing) == "graph"
-    graphs = _Graphs(
-        bundle, engine, engine if graph_processing else create_engine(EngineSettings())
-    )
+    graphs = _Graphs(bundle, create_engine(engine_settings(bundle, None, None)))
     precisions = sorted({graphs.precision(c) for c in bundle.components})
     all_fp32 = precisions == ["fp32"]
     report = ValidationReport(

@@ -35,7 +35,7 @@ class SAM2Model(nn.Module):
         # projection of their temporal encoding (proj_tpos_enc_in_obj_ptrs).
         self.obj_ptr_proj = MLP(input_dim=c, hidden_dim=c, output_dim=c, num_layers=3)
         self.obj_ptr_tpos_proj = nn.Linear(c, m)
-        # Unused by SAMURAI's tracking (mask prompts only), kept for strict loading.
+        # Mask prompts only: the mask_prompt graph (compiler/processing.py) carries it.
         self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(cfg.num_maskmem, 1, 1, m))
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, c))

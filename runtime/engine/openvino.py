@@ -182,16 +182,13 @@ def unsupported(model: Any) -> str | None:
     """Why OpenVINO's CPU plugin would compute ``model`` differently from ONNX, or None.
 
     Measured with OpenVINO 2026.4: the CPU plugin ignores ``antialias`` (and ``exclude_outside``)
-    of ONNX ``Resize``; a cubic 1280 -> 1024 downscale differs from ONNX Runtime by up to 60 of
-    255 levels. The bundles' ``preprocess`` graph relies on it to match PIL, so it must not run
-    here (targets for OpenVINO preprocess on the host).
+    of ONNX ``Resize``. A cubic 1280x720 -> 1024 downscale differs from ONNX Runtime by up to 60
+    of 255 levels, an antialiased linear one of a 0/1 mask by up to 0.76. The ``preprocess``
+    (PIL's resize) and ``mask_prompt`` (PyTorch's antialiased interpolation) graphs rely on it.
     """
     for op in model.get_ops():
         if op.get_type_name() == "Interpolate" and op.get_attributes().get("antialias"):
-            return (
-                "it has an antialiased Resize, which OpenVINO's CPU plugin does not implement "
-                "(results would differ); run this bundle with processing host"
-            )
+            return "it has an antialiased Resize, which OpenVINO's CPU plugin does not implement"
     return None
 
 
@@ -325,6 +322,32 @@ class OpenVinoGraphSession(GraphSession):
         return EngineError(f"{self.contract.name}: OpenVINO failed ({one_line(exc)})")
 
 
+class DelegatedSession(GraphSession):
+    """A graph run by ONNX Runtime's CPU provider, with this engine's values (numpy arrays) in
+    and out; outputs named in ``into`` are copied into the given arrays."""
+
+    def __init__(self, session: GraphSession, contract: GraphContract, path: Path) -> None:
+        super().__init__(contract, path)
+        self.session = session
+        self.engine = getattr(session, "engine", None)
+
+    def _run(self, feeds: Mapping[str, Any], into: Mapping[str, Any]) -> dict[str, Any]:
+        out = self.session.run({n: np.asarray(feeds[n]) for n in self.contract.input_names})
+        result: dict[str, Any] = {}
+        for name, value in out.items():
+            array = np.array(self.engine.download(value) if self.engine else value, copy=True)
+            if name in into:
+                if into[name].shape != array.shape:
+                    raise EngineError(
+                        f"{self.contract.name}: {name} {list(array.shape)} does not fit the given "
+                        f"buffer {list(into[name].shape)}"
+                    )
+                np.copyto(into[name], array)
+                array = into[name]
+            result[name] = array
+        return result
+
+
 class OpenVinoEngine(Engine):
     """OpenVINO's CPU plugin with the target's ``engine_options`` (see ``OpenVinoOptions``).
 
@@ -366,6 +389,8 @@ class OpenVinoEngine(Engine):
                 "OpenVINO runs bf16 on a CPU without native bf16 (no amx_bf16 or avx512_bf16): "
                 "it is emulated and slower than f32; set engine_options.precision to f32 or auto"
             )
+        self.delegated: list[str] = []  # graphs run by ONNX Runtime instead (see ``load``)
+        self._ort_engine: Engine | None = None
         self.cache_dir: str | None = None
         if self.options.cache_dir:
             self.cache_dir = os.path.expanduser(self.options.cache_dir)
@@ -394,8 +419,10 @@ class OpenVinoEngine(Engine):
         path: Path,
         contract: GraphContract,
         shapes: Sequence[Sequence[int]] | None = None,
+        model: Any = None,
     ) -> Any:
-        """``path`` compiled for the CPU (for the given input ``shapes``, else dynamic)."""
+        """``path`` (or its ``model``, read already) compiled for the CPU, for the given input
+        ``shapes`` (else dynamic)."""
         if self.cache_dir:
             try:
                 os.makedirs(self.cache_dir, exist_ok=True)
@@ -404,10 +431,7 @@ class OpenVinoEngine(Engine):
                     f"OpenVINO cache_dir {self.cache_dir}: cannot create it ({exc.strerror})"
                 ) from None
         try:
-            model = self.core.read_model(str(path))
-            why = unsupported(model)
-            if why:
-                raise EngineError(f"{path.name}: OpenVINO cannot run this graph: {why}")
+            model = model if model is not None else self.core.read_model(str(path))
             if shapes is not None:
                 model.reshape(
                     {
@@ -423,10 +447,32 @@ class OpenVinoEngine(Engine):
                 f"{path.name}: OpenVINO cannot load the graph ({one_line(exc)})"
             ) from None
 
-    def load(self, path: Path, contract: GraphContract) -> OpenVinoGraphSession:
-        compiled = self.compile(path, contract)
+    def load(self, path: Path, contract: GraphContract) -> GraphSession:
+        """The graph compiled by OpenVINO; or, where OpenVINO would compute it differently (see
+        ``unsupported``), run by ONNX Runtime's CPU provider on the same host arrays (those
+        graphs are pre/postprocessing: no weights to speak of, milliseconds per frame)."""
+        try:
+            model = self.core.read_model(str(path))
+            why = unsupported(model)
+        except RuntimeError as exc:
+            raise EngineError(
+                f"{path.name}: OpenVINO cannot load the graph ({one_line(exc)})"
+            ) from None
+        if why:
+            log.info("%s runs on ONNX Runtime's CPU provider: %s", path.name, why)
+            self.delegated.append(contract.name)
+            return DelegatedSession(self._ort().load(path, contract), contract, path)
+        compiled = self.compile(path, contract, model=model)
+        del model  # the compiled model holds what it needs
         checks = check_contract(contract, compiled)
         return OpenVinoGraphSession(self, compiled, contract, path, checks)
+
+    def _ort(self) -> Engine:
+        if self._ort_engine is None:
+            from samurai_onnx.runtime.engine.onnxruntime import OrtEngine
+
+            self._ort_engine = OrtEngine(EngineSettings(threads=self.settings.threads))
+        return self._ort_engine
 
     def upload(self, array: np.ndarray) -> Any:
         # A copy, as a device upload would be: the value never aliases the caller's array (the
@@ -442,8 +488,11 @@ class OpenVinoEngine(Engine):
     def describe(self) -> str:
         hint = self.options.performance_hint
         threads = self.settings.threads or "all"
-        return (
+        text = (
             f"openvino {ov.__version__} on the CPU, precision {self.precision} "
             f"(option {self.options.precision}, native bf16: {self.native_bf16}), "
             f"{hint}, threads {threads}"
         )
+        if self.delegated:
+            text += f"; {', '.join(self.delegated)} on onnxruntime (antialiased Resize)"
+        return text

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU measurements of the README's "NVIDIA GPUs" section, in one run on a machine with an NVIDIA
+# GPU and onnxruntime-gpu (see ../shared/gpu/pack.sh for a machine without package access):
+#   - a seeded random-weight SAM 2.1 tiny checkpoint (the official one cannot be downloaded here),
+#   - the cuda (fp32, TF32 off) and cuda-fp16 bundles,
+#   - samurai-bench on the GPU for each: per graph, end to end with 1 and 4 objects (graph time
+#     and host time per frame), the PyTorch reference in fp32 and in SAMURAI's fp16 autocast in
+#     the same run, per-frame mask IoU against the fp32 reference.
+# usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]
+#   VIDEO defaults to a 1280x720 synthetic clip; FRAMES (default 40) frames, steady state from 16.
+#   DEVICE=cpu runs the same steps on the CPU (a dry run of the script; slow).
+set -euo pipefail
+OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]}
+VIDEO=${2:-}
+DEVICE=${DEVICE:-cuda}
+FRAMES=${FRAMES:-40}
+OBJECTS=${OBJECTS:-1,4}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT/work"
+CKPT="$OUT/work/sam2.1_hiera_tiny.pt"
+[ -f "$CKPT" ] || python3 -m samurai_onnx.compiler.random_checkpoint --model tiny --out "$CKPT"
+BOX=${BOX:-}
+if [ -z "$VIDEO" ]; then
+  VIDEO="$OUT/work/synthetic_720p.mp4"
+  BOX=$(python3 scripts/make_synthetic_video.py "$VIDEO" --frames "$FRAMES" --width 1280 --height 720)
+fi
+BOX=${BOX:?give the first-frame box of VIDEO as BOX=x,y,w,h}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
+for target in cuda cuda-fp16; do
+  samurai-compile tiny --target "$target" --checkpoint "$CKPT" --out "$OUT/work/tiny-$target" \
+    >"$OUT/work/compile-$target.log" 2>&1 || { cat "$OUT/work/compile-$target.log"; exit 1; }
+  samurai-bench "$OUT/work/tiny-$target" --device "$DEVICE" --checkpoint "$CKPT" \
+    --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
+    --batch-sizes 1,4 --repeats 10 \
+    --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"
+done
+echo "results in $OUT: bench-cuda.md, bench-cuda-fp16.md (+ .json), gpu.txt"
