@@ -253,8 +253,18 @@ def test_errors_are_engine_errors(tiny_bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="no value for input"):
         session.run({"mask_logits": feeds["mask_logits"]})
     bad = dict(feeds, mask_logits=feeds["mask_logits"][:, :, :5])  # a size the graph fixes
-    with pytest.raises(EngineError, match="postprocess: OpenVINO failed"):
+    with pytest.raises(
+        EngineError, match=r"postprocess: input mask_logits has shape \[2, 1, 5, 256\]"
+    ):
         session.run(bad)
+    bad = dict(feeds, video_size=feeds["video_size"].astype(np.int32))
+    with pytest.raises(EngineError, match="video_size is int32, the contract says int64"):
+        session.run(bad)
+    # a failure inside OpenVINO: the video size that makes no sense
+    bad = dict(feeds, video_size=np.array([-5, 0], np.int64))
+    with pytest.raises(EngineError, match="postprocess: OpenVINO failed") as err:
+        session.run(bad)
+    assert "\n" not in str(err.value)
 
 
 # -- the tracking loop ---------------------------------------------------------------------------

@@ -257,6 +257,12 @@ class OpenVinoGraphSession(GraphSession):
                     "array (a value from this engine's upload or zeros)"
                 )
         arrays = [np.asarray(feeds[name]) for name in self.contract.input_names]
+        # OpenVINO takes an input of any shape and dtype without a word (a wrong size where the
+        # graph fixes one would run, and give nonsense): checked here, as ONNX Runtime does.
+        for spec, array in zip(self.contract.inputs, arrays, strict=True):
+            problem = spec.mismatch(str(array.dtype), list(array.shape))
+            if problem:
+                raise EngineError(f"{self.contract.name}: input {problem}")
         if not self.static:
             try:
                 return self._infer(self.compiled, arrays, into)
