@@ -272,9 +272,9 @@ def test_errors_are_engine_errors(tiny_bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tracking_equals_onnxruntime_at_fp32(tiny_bundle: Path) -> None:
-    """Two objects over four synthetic frames: the same masks, boxes, candidates, memories."""
+    """Two objects over three synthetic frames: the same masks, boxes, candidates, memories."""
     bundle = load_bundle(tiny_bundle)
-    frames = synthetic_frames(4)
+    frames = synthetic_frames(3)
     boxes = [SYNTHETIC_BOX, (300.0, 220.0, 60.0, 60.0)]
     runs = {}
     for name, b in (("onnxruntime", bundle), ("openvino", openvino_bundle(bundle))):
@@ -395,8 +395,8 @@ def test_validate_runs_the_bundle_on_its_engine(
         return real_load(self, path, spec)
 
     monkeypatch.setattr(OpenVinoEngine, "load", spy)
-    clip = write_frames(synthetic_frames(3), tmp_path / "clip")
-    report = validate(folder, clip, SYNTHETIC_BOX, checkpoint=tiny_checkpoint, frames=3)
+    clip = write_frames(synthetic_frames(2), tmp_path / "clip")
+    report = validate(folder, clip, SYNTHETIC_BOX, checkpoint=tiny_checkpoint, frames=2)
     print("\n" + report.to_markdown())
     assert set(MODEL_GRAPHS) <= set(loaded)  # per component and in the tracker
     assert {"preprocess", "postprocess"} <= set(loaded)
