@@ -1,8 +1,8 @@
 """OpenVINO as an engine: the bundle's ONNX files compiled for Intel CPUs, bf16 where it pays.
 
-Why a second engine: on Intel CPUs with native bfloat16 (AMX, and AVX512_BF16), OpenVINO runs an
-fp32 graph's matmuls and attention in bf16 (``INFERENCE_PRECISION_HINT``) with fp32 accumulation;
-ONNX Runtime's CPU kernels have no bf16 path. OpenVINO reads the ``cpu`` target's ONNX files as
+Why a second engine: on Intel CPUs with AMX, OpenVINO runs an fp32 graph's matmuls and attention
+in bf16 (``INFERENCE_PRECISION_HINT``) on the AMX tiles with fp32 accumulation; ONNX Runtime's
+CPU kernels have no bf16 path. OpenVINO reads the ``cpu`` target's ONNX files as
 they are, including ONNX Runtime's fused ``com.microsoft.MultiHeadAttention`` (it becomes its own
 ScaledDotProductAttention), with dynamic shapes (objects, memories, pointers, frame size).
 
@@ -55,7 +55,8 @@ _DTYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "u8": "uint8", "b
 class OpenVinoOptions:
     """The target's ``engine_options`` for OpenVINO, checked.
 
-    ``precision``: ``auto`` (bf16 where the CPU has native bf16, else f32), ``bf16`` or ``f32``;
+    ``precision``: ``auto`` (bf16 where the CPU has AMX, else f32: see ``resolve_precision``),
+    ``bf16`` or ``f32``;
     ``performance_hint``: ``LATENCY`` (one request at a time, what a tracking loop does) or
     ``THROUGHPUT``; ``cache_dir``: where compiled models are cached (``~`` expanded; outside the
     bundle, which may be read-only and is verified by its hashes), None to disable.
