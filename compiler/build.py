@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +19,13 @@ from typing import Any
 import onnx
 import torch
 
-from samurai_onnx.compiler import __version__
-from samurai_onnx.compiler.checkpoint import read_state_dict, resolve_checkpoint, verify_sha256
+from samurai_onnx.compiler import __version__, staging
+from samurai_onnx.compiler.checkpoint import (
+    read_state_dict,
+    resolve_checkpoint,
+    verify_sha256,
+    warn_unverified,
+)
 from samurai_onnx.compiler.graphs import build_graph, example_inputs, graph_constants
 from samurai_onnx.compiler.manifest import (
     ComponentSpec,
@@ -54,6 +58,7 @@ from samurai_onnx.runtime.bundle import (
     write_bundle_manifest,
 )
 from samurai_onnx.runtime.contract import BATCH_AXES, MODEL_GRAPHS, contract
+from samurai_onnx.runtime.documents import one_line
 from samurai_onnx.runtime.engine import Engine, EngineError
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,7 @@ class BuildOptions:
     verify: bool = True
     download: bool = True
     reports: list[PassReport] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # components kept from an existing --out
 
 
 def attention_lowering(spec: ComponentSpec, target: TargetManifest) -> str:
@@ -275,6 +281,22 @@ def _build_processing_graph(
     return BuiltGraph(path, onnx_path, "fp32", errors, tol)
 
 
+def _load_model(manifest: ModelManifest, ckpt: Path) -> SAM2Model:
+    """The PyTorch model of ``manifest`` with the checkpoint's weights; a configuration that
+    passed the manifest's checks but still cannot be built is reported as a manifest error."""
+    state = read_state_dict(ckpt, manifest)
+    try:
+        return load_sam2(manifest.model, state, source=ckpt)
+    except ValueError:
+        raise
+    except Exception as exc:
+        log.debug("building the model failed", exc_info=True)
+        raise ManifestError(
+            f"{manifest.path}: model: this configuration cannot be built ({type(exc).__name__}: "
+            f"{one_line(exc, 300)}); compare it with the official config"
+        ) from None
+
+
 def compile_bundle(
     manifest_path: str | Path,
     target_name: str | Path = "cpu",
@@ -296,35 +318,52 @@ def compile_bundle(
             f"unknown component(s) {', '.join(unknown)}; use all or {', '.join(COMPONENTS)}"
         )
     settings = dataclasses.replace(manifest.tracker, memory_shape=target.memory_shape)
-    ckpt = resolve_checkpoint(manifest.checkpoint, checkpoint, download=options.download)
-    ckpt_sha = verify_sha256(ckpt, manifest.checkpoint)
-    model = load_sam2(manifest.model, read_state_dict(ckpt, manifest), source=ckpt)
     out = Path(out_dir) if out_dir else Path("bundles") / f"{manifest.name}-{target.name}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} exists and is not a directory; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    existing = staging.inspect_out(out)  # refuse an --out that must not be replaced, early
+    ckpt = resolve_checkpoint(manifest.checkpoint, checkpoint, download=options.download)
+    ckpt_sha = verify_sha256(ckpt, manifest.checkpoint, warn=False)
+    header = {
+        "compiler_version": __version__,
+        "model": {"name": manifest.name, "config": manifest.model.to_dict()},
+        "source_checkpoint": {"file": manifest.checkpoint.file, "sha256": ckpt_sha},
+        "target": {
+            "name": target.name,
+            "providers": list(target.providers),
+            "provider_options": target.provider_options,
+            "precision": target.precision,
+            "quantization": target.quantization,
+            "opset": target.opset,
+            "format": target.format,
+            "memory_shape": target.memory_shape,
+            "processing": target.processing,
+            "engine": target.engine,
+            "engine_options": target.engine_options,
+        },
+        "tracker": settings.to_dict(),
+    }
+    kept = staging.kept_components(existing, header, chosen)
+    model = _load_model(manifest, ckpt)
     entries: dict[str, Any] = {}
-    finals: dict[str, Path] = {}
-    # Everything is built in a temporary folder inside ``out`` and moved into place only when
-    # every component has passed, so a failed build never leaves a bundle.yaml next to graphs
-    # that do not match it.
     report = on_pass or (lambda r: None)
     # Checks run on the target's engine (None: ONNX Runtime's CPU provider).
     try:
         engine = check_engine(target.engine, target.engine_options) if options.verify else None
     except EngineError as exc:
         raise BuildError(f"{target.path}: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix=".samurai-build-", dir=out) as tmp:
+    # Everything is built in a staging folder next to ``out`` and renamed into place only when
+    # every component has passed, so a failed or interrupted build leaves ``out`` as it was.
+    with staging.staging(out) as stage:
+        work = stage / ".work"
+        work.mkdir()
         for name in chosen:
             if name in MODEL_GRAPHS:
                 built = _build_model_graph(
-                    name, model, manifest, target, settings, Path(tmp), options, report, engine
+                    name, model, manifest, target, settings, work, options, report, engine
                 )
             else:
                 built = _build_processing_graph(
-                    name, model, target, settings, Path(tmp), options, report, engine
+                    name, model, target, settings, work, options, report, engine
                 )
-            finals[name] = built.final
             ins, outs = _signature(built.onnx_path)
             entries[name] = {
                 "file": f"{name}{built.final.suffix}",
@@ -342,29 +381,14 @@ def compile_bundle(
                 "max_abs_error": {k: float(f"{v:.4g}") for k, v in built.errors.items()},
                 "tolerance": built.tolerance,
             }
-        for name, final in finals.items():
-            shutil.move(final, out / entries[name]["file"])
-    write_bundle_manifest(
-        out,
-        {
-            "compiler_version": __version__,
-            "model": {"name": manifest.name, "config": manifest.model.to_dict()},
-            "source_checkpoint": {"file": manifest.checkpoint.file, "sha256": ckpt_sha},
-            "target": {
-                "name": target.name,
-                "providers": list(target.providers),
-                "provider_options": target.provider_options,
-                "precision": target.precision,
-                "quantization": target.quantization,
-                "opset": target.opset,
-                "format": target.format,
-                "memory_shape": target.memory_shape,
-                "processing": target.processing,
-                "engine": target.engine,
-                "engine_options": target.engine_options,
-            },
-            "tracker": settings.to_dict(),
-            "components": entries,
-        },
-    )
+            shutil.move(built.final, stage / entries[name]["file"])
+        shutil.rmtree(work)
+        for k in kept:
+            staging.place(k.source, stage / k.entry["file"])
+            entries[k.name] = k.entry
+        ordered = {c: entries[c] for c in COMPONENTS if c in entries}
+        write_bundle_manifest(stage, {**header, "components": ordered})
+        staging.commit(stage, out)
+    options.kept = [k.name for k in kept]
+    warn_unverified(ckpt, manifest.checkpoint, ckpt_sha)
     return out

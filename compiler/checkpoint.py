@@ -20,6 +20,7 @@ import torch
 
 from samurai_onnx.compiler.manifest import CheckpointSpec, ModelManifest
 from samurai_onnx.runtime.bundle import sha256_file
+from samurai_onnx.runtime.documents import short
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,26 @@ def cache_dir() -> Path:
 sha256_of = sha256_file
 
 
-def verify_sha256(path: Path, spec: CheckpointSpec) -> str:
-    """The file's sha256, checked against the manifest's when the manifest has one."""
-    actual = sha256_of(path)
+def warn_unverified(path: Path, spec: CheckpointSpec, sha256: str) -> None:
+    """The warning for a manifest without an official sha256 (logged once the build succeeded:
+    a failed build has more important things to say)."""
     if spec.sha256 is None:
         log.warning(
             "%s: the manifest has no official sha256 for %s, so the file is not verified "
             "(its sha256 %s is recorded in the bundle)",
             path,
             spec.file,
-            actual,
+            sha256,
         )
+
+
+def verify_sha256(path: Path, spec: CheckpointSpec, *, warn: bool = True) -> str:
+    """The file's sha256, checked against the manifest's when the manifest has one; ``warn``:
+    log at once that a manifest without one leaves the file unverified (``warn_unverified``)."""
+    actual = sha256_of(path)
+    if spec.sha256 is None:
+        if warn:
+            warn_unverified(path, spec, actual)
     elif actual != spec.sha256.lower():
         raise CheckpointError(
             f"checkpoint {path} has sha256 {actual}, expected {spec.sha256} for {spec.file}: "
@@ -183,11 +193,25 @@ def read_state_dict(path: Path, manifest: ModelManifest) -> dict[str, torch.Tens
             f"use an official file such as {manifest.checkpoint.file}"
         )
     state = data["model"]
+    official = f"use an official file such as {manifest.checkpoint.file}"
     patch = state.get(_PATCH_KEY)
     if not isinstance(patch, torch.Tensor):
         raise CheckpointError(
-            f"checkpoint {path} is not a SAM 2 checkpoint ({_PATCH_KEY} missing); "
-            f"use an official file such as {manifest.checkpoint.file}"
+            f"checkpoint {path} is not a SAM 2 checkpoint ({_PATCH_KEY} missing); {official}"
+        )
+    odd = next(
+        (k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)),
+        None,
+    )
+    if odd is not None:
+        raise CheckpointError(
+            f"checkpoint {path}: entry {short(odd)} of the state dict is not a named tensor "
+            f"({type(state[odd]).__name__}); the file is damaged or not SAM 2; {official}"
+        )
+    if patch.ndim != 4 or patch.shape[0] < 1:
+        raise CheckpointError(
+            f"checkpoint {path}: {_PATCH_KEY} has shape {list(patch.shape)}, not [width, 3, 7, 7]; "
+            f"the file is damaged or not SAM 2; {official}"
         )
     blocks = {k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")}
     found = _SIZES.get((int(patch.shape[0]), len(blocks)))
@@ -197,6 +221,14 @@ def read_state_dict(path: Path, manifest: ModelManifest) -> dict[str, torch.Tens
         raise CheckpointError(
             f"checkpoint {path} holds {what}, but {manifest.path.name} is {manifest.name}; {hint}"
         )
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            count = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"checkpoint {path} has non-finite weights ({count} NaN/inf values in "
+                f"{short(key)}); the file is damaged (or came from a diverged training run): "
+                f"download it again from {manifest.checkpoint.url}"
+            )
     return state
 
 

@@ -1,4 +1,9 @@
-"""``samurai-compile``: build a versioned ONNX bundle from a model manifest and a target."""
+"""``samurai-compile``: build a versioned ONNX bundle from a model manifest and a target.
+
+Bad input (manifests, checkpoint, ``--out``) is one ``error:`` line and exit code 2; Ctrl-C or
+SIGTERM removes the half-built staging folder and exits 130 / 143 with one line. ``--out`` is
+only ever replaced by a complete bundle (see ``compiler/staging.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from pathlib import Path
 import typer
 
 from samurai_onnx.runtime.bundle import COMPONENTS
+from samurai_onnx.runtime.documents import DocumentError, one_line
+from samurai_onnx.runtime.signals import exit_code, handle_signals
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 
 def parse_components(values: list[str] | None) -> list[str]:
@@ -23,12 +30,6 @@ def parse_components(values: list[str] | None) -> list[str]:
             f"unknown component(s) {', '.join(bad)}; use all or {', '.join(COMPONENTS)}"
         )
     return [c for c in COMPONENTS if c in names]
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (the CLI's errors are one line, never a traceback)."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text or type(exc).__name__
 
 
 @app.command()
@@ -50,12 +51,16 @@ def compile(
         help="Official SAM 2.1 .pt file. Default: the cache (~/.cache/samurai-onnx/checkpoints), else download it.",
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Bundle directory. Default: bundles/<model>-<target>."
+        None,
+        "--out",
+        "-o",
+        help="Bundle directory. Default: bundles/<model>-<target>. Built next to it and renamed "
+        "into place when complete; an existing folder is replaced only if it holds a bundle.",
     ),
     components: list[str] | None = typer.Option(
         None,
         "--components",
-        help="all (default) or some of image_encoder, memory_attention, mask_decoder, memory_encoder; repeat or comma-separate.",
+        help="all (default) or some of image_encoder, memory_attention, mask_decoder, memory_encoder; repeat or comma-separate. Into an existing bundle of the same model, target and checkpoint, its other components are kept.",
     ),
     no_download: bool = typer.Option(
         False,
@@ -68,8 +73,8 @@ def compile(
     (mobile), checking every graph against PyTorch after every pass, into a versioned bundle."""
     from samurai_onnx.compiler.build import BuildError, BuildOptions, PassReport, compile_bundle
     from samurai_onnx.compiler.checkpoint import CheckpointError
-    from samurai_onnx.compiler.manifest import ManifestError
     from samurai_onnx.compiler.passes.verify import NumericError
+    from samurai_onnx.compiler.staging import OutputError
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s"
@@ -84,20 +89,36 @@ def compile(
         )
 
     typer.echo(f"samurai-compile {manifest} --target {target}: {', '.join(chosen)}")
+    options = BuildOptions(download=not no_download)
+    errors = (DocumentError, CheckpointError, NumericError, BuildError, OutputError, ValueError)
     try:
-        bundle = compile_bundle(
-            manifest,
-            target,
-            checkpoint=checkpoint,
-            out_dir=out,
-            components=chosen,
-            options=BuildOptions(download=not no_download),
-            on_pass=show,
-        )
-    except (ManifestError, CheckpointError, NumericError, BuildError, ValueError, OSError) as exc:
+        with handle_signals(deferred=False):
+            bundle = compile_bundle(
+                manifest,
+                target,
+                checkpoint=checkpoint,
+                out_dir=out,
+                components=chosen,
+                options=options,
+                on_pass=show,
+            )
+    except KeyboardInterrupt as exc:
+        typer.echo("interrupted; nothing was written", err=True)
+        raise typer.Exit(exit_code(exc)) from None
+    except (*errors, OSError) as exc:
         logging.getLogger(__name__).debug("build failed", exc_info=True)
         typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(2) from None
+    except Exception as exc:  # a bug: still one line, the traceback with --verbose
+        logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
+        typer.echo(
+            f"error: internal error ({type(exc).__name__}: {one_line(exc, 300)}); please report "
+            "it with the output of --verbose",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    if options.kept:
+        typer.echo(f"kept {', '.join(options.kept)} from the existing bundle in {bundle}")
     typer.echo(f"bundle written to {bundle}")
 
 

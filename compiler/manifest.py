@@ -1,24 +1,28 @@
-"""Model and target manifests: read with ``yaml.safe_load`` and validated into frozen dataclasses.
+"""Model and target manifests: read safely (``runtime/documents.py``) and validated into frozen
+dataclasses.
 
 Every error names the file and the key (``manifests/tiny.yaml: components.image_encoder.attention:
-...``) and says what is allowed, so a typo never turns into a silently different model.
+...``) and says what is allowed, so a typo never turns into a silently different model. Manifests
+are untrusted input: they are read and checked with ``runtime/documents.py`` (size limit, no YAML
+anchors/aliases, short quoted values, the range rules of ``SAM2Config``/``TrackerSettings``).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from samurai_onnx.compiler.modeling.common import ATTENTION_LOWERINGS
-from samurai_onnx.compiler.modeling.config import HieraConfig, SAM2Config
-from samurai_onnx.runtime.bundle import TrackerSettings, check_fields
+from samurai_onnx.compiler.modeling.config import HieraConfig, SAM2Config, config_problem
+from samurai_onnx.runtime import documents
+from samurai_onnx.runtime.bundle import GEOMETRY_SETTINGS, TrackerSettings
 from samurai_onnx.runtime.contract import MODEL_GRAPHS
+from samurai_onnx.runtime.documents import DocumentError, check_fields, kind_ok, short
 
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("none", "int8")
@@ -31,8 +35,19 @@ MODEL_SIZES = ("tiny", "small", "base_plus", "large")
 OPSETS = (17, 18, 19, 20)
 
 
-class ManifestError(ValueError):
+class ManifestError(DocumentError):
     """An invalid manifest; the message names the file, the key and the fix."""
+
+
+# documents' checks, raising ManifestError
+_at = documents.at
+_kind_ok = kind_ok
+_require = functools.partial(documents.require, error=ManifestError)
+_unknown = functools.partial(documents.unknown_keys, error=ManifestError)
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
+    return documents.choice(value, allowed, where, error=ManifestError)
 
 
 @dataclass(frozen=True)
@@ -83,62 +98,12 @@ class TargetManifest:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file; check the path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    data = documents.load_yaml(path, error=ManifestError)
     if not isinstance(data, dict):
         raise ManifestError(
             f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}"
         )
     return data
-
-
-def _yaml_problem(exc: BaseException) -> str:
-    """PyYAML's multi-line message (with a caret drawing) as one line: problem and position."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
-def _at(where: str, key: str) -> str:
-    """The location of ``key`` inside ``where``: ``file: a.b`` -> ``file: a.b.key``.
-
-    ``where`` is either a bare file path (the top level) or ``file: key.path``.
-    """
-    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
-
-
-def _kind_ok(value: Any, kind: type | tuple[type, ...]) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool):  # YAML's true/false are not numbers here
-        return bool in kinds
-    return isinstance(value, kinds)
-
-
-def _require(data: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in data:
-        raise ManifestError(f"{_at(where, key)}: missing (required)")
-    value = data[key]
-    if not _kind_ok(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ManifestError(f"{_at(where, key)}: expected {names}, got {value!r}")
-    return value
-
-
-def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
-    if value not in allowed:
-        raise ManifestError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
-    return str(value)
-
-
-def _unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(data) - allowed, key=str)
-    if extra:
-        raise ManifestError(
-            f"{where}: unknown key(s) {', '.join(map(str, extra))}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
 
 
 def _component(name: str, data: Any, where: str) -> ComponentSpec:
@@ -170,41 +135,32 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
         _choice(quant.get("mode"), ("dynamic",), f"{qw}.mode")
         ops = quant.get("op_types", ["MatMul", "Gemm"])
         if not isinstance(ops, list) or not ops or not all(_kind_ok(o, str) for o in ops):
-            raise ManifestError(f"{qw}.op_types: expected a list of ONNX op types, got {ops!r}")
+            raise ManifestError(
+                f"{qw}.op_types: expected a list of ONNX op types, got {short(ops)}"
+            )
         quantization = dict(quant)
     else:
         raise ManifestError(
-            f"{where}.quantization: {quant!r}; use 'none' or {{mode: dynamic, op_types: [...]}}"
+            f"{where}.quantization: {short(quant)}; use 'none' or {{mode: dynamic, op_types: [...]}}"
         )
     tol = data.get("tolerance", {})
     if not isinstance(tol, dict):
         raise ManifestError(
-            f"{where}.tolerance: expected a mapping like {{fp32: 1.0e-4, fp16: 0.5}}, got {tol!r}"
+            f"{where}.tolerance: expected a mapping like {{fp32: 1.0e-4, fp16: 0.5}}, got {short(tol)}"
         )
     _unknown(tol, {"fp32", "fp16", "int8", "bf16"}, f"{where}.tolerance")  # bf16: OpenVINO
     for key, value in tol.items():
         if not _kind_ok(value, (int, float)) or not 0 < value < float("inf"):
             raise ManifestError(
                 f"{where}.tolerance.{key}: expected a positive number (max abs error), "
-                f"got {value!r}"
+                f"got {short(value)}"
             )
     return ComponentSpec(
         name, attention, quantization, {k: float(v) for k, v in tol.items()}, fused
     )
 
 
-# The tracker settings that follow from the model (and the target's memory shape); a manifest
-# setting them under tracker: could only contradict the model.
-_DERIVED_TRACKER_KEYS = (
-    "image_size",
-    "d_model",
-    "mem_dim",
-    "feat_size",
-    "low_res_mask_size",
-    "num_maskmem",
-    "max_obj_ptrs_in_encoder",
-    "memory_shape",
-)
+_DERIVED_TRACKER_KEYS = GEOMETRY_SETTINGS
 
 
 def _model_config(name: str, data: Any, where: str) -> SAM2Config:
@@ -213,18 +169,24 @@ def _model_config(name: str, data: Any, where: str) -> SAM2Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ManifestError(f"{where}: expected a mapping, got {data!r}")
+        raise ManifestError(f"{where}: expected a mapping, got {short(data)}")
     hiera = data.get("hiera") or {}
     if not isinstance(hiera, dict):
-        raise ManifestError(f"{where}.hiera: expected a mapping, got {hiera!r}")
+        raise ManifestError(f"{where}.hiera: expected a mapping, got {short(hiera)}")
+    check_fields(
+        SAM2Config, {k: v for k, v in data.items() if k != "name"}, where, error=ManifestError
+    )
+    check_fields(HieraConfig, hiera, f"{where}.hiera", error=ManifestError)
+    if "name" in data:
+        raise ManifestError(f"{where}.name: the model's name is the top-level name: key")
     try:
-        check_fields(SAM2Config, {k: v for k, v in data.items() if k != "name"}, where)
-        check_fields(HieraConfig, hiera, f"{where}.hiera")
-        if "name" in data:
-            raise ValueError(f"{where}.name: the model's name is the top-level name: key")
-        return SAM2Config.from_dict({"name": name, **data}, where=where)
+        cfg = SAM2Config.from_dict({"name": name, **data}, where=where)
     except (TypeError, ValueError) as exc:
-        raise ManifestError(str(exc)) from None
+        raise ManifestError(documents.one_line(exc)) from None
+    problem = config_problem(cfg)
+    if problem:
+        raise ManifestError(f"{where}.{problem}")
+    return cfg
 
 
 def load_model_manifest(path: str | Path) -> ModelManifest:
@@ -239,7 +201,7 @@ def load_model_manifest(path: str | Path) -> ModelManifest:
     _unknown(ck, {"file", "url", "sha256"}, cw)
     sha = ck.get("sha256")
     if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
-        raise ManifestError(f"{cw}.sha256: expected 64 hex digits or null, got {sha!r}")
+        raise ManifestError(f"{cw}.sha256: expected 64 hex digits or null, got {short(sha)}")
     checkpoint = CheckpointSpec(
         file=_require(ck, "file", cw, str),
         url=_require(ck, "url", cw, str),
@@ -249,7 +211,7 @@ def load_model_manifest(path: str | Path) -> ModelManifest:
     tw = _at(where, "tracker")
     tracker_data = data.get("tracker") or {}
     if not isinstance(tracker_data, dict):
-        raise ManifestError(f"{tw}: expected a mapping, got {tracker_data!r}")
+        raise ManifestError(f"{tw}: expected a mapping, got {short(tracker_data)}")
     derived = [k for k in _DERIVED_TRACKER_KEYS if k in tracker_data]
     if derived:
         raise ManifestError(
@@ -270,7 +232,7 @@ def load_model_manifest(path: str | Path) -> ModelManifest:
             },
             where=tw,
         )
-    except (TypeError, ValueError) as exc:
+    except DocumentError as exc:
         raise ManifestError(str(exc)) from None
     comps = _require(data, "components", where, dict)
     pw = _at(where, "components")
@@ -317,13 +279,13 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
     fused_attention = data.get("fused_attention", False)
     if not isinstance(fused_attention, bool):
         raise ManifestError(
-            f"{_at(where, 'fused_attention')}: expected true or false, got {fused_attention!r}"
+            f"{_at(where, 'fused_attention')}: expected true or false, got {short(fused_attention)}"
         )
     providers = _require(data, "providers", where, list)
     if not providers or not all(_kind_ok(p, str) for p in providers):
         raise ManifestError(
             f"{_at(where, 'providers')}: expected a non-empty list of provider names, "
-            f"got {providers!r}"
+            f"got {short(providers)}"
         )
     known = _known_providers()
     unknown = [p for p in providers if known and p not in known]
@@ -331,7 +293,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
         raise ManifestError(
-            f"{_at(where, 'providers')}: unknown execution provider {unknown[0]!r}; {hint}"
+            f"{_at(where, 'providers')}: unknown execution provider {short(unknown[0])}; {hint}"
         )
     opset = _require(data, "opset", where, int)
     if opset not in OPSETS:
@@ -342,17 +304,21 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
     ow = _at(where, "provider_options")
     options = data.get("provider_options") or {}
     if not isinstance(options, dict):
-        raise ManifestError(f"{ow}: expected a mapping provider -> options, got {options!r}")
+        raise ManifestError(f"{ow}: expected a mapping provider -> options, got {short(options)}")
     for provider, opts in options.items():
         if provider not in providers:
-            raise ManifestError(f"{ow}.{provider}: not one of this target's providers")
+            raise ManifestError(
+                f"{ow}.{documents.key_text(provider)}: not one of this target's providers"
+            )
         if not isinstance(opts, dict):
-            raise ManifestError(f"{ow}.{provider}: expected a mapping of options, got {opts!r}")
+            raise ManifestError(
+                f"{ow}.{documents.key_text(provider)}: expected a mapping of options, got {short(opts)}"
+            )
 
     engine_options = data.get("engine_options") or {}
     if not isinstance(engine_options, dict):
         raise ManifestError(
-            f"{_at(where, 'engine_options')}: expected a mapping of options, got {engine_options!r}"
+            f"{_at(where, 'engine_options')}: expected a mapping of options, got {short(engine_options)}"
         )
 
     def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:

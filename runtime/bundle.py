@@ -5,30 +5,51 @@ This module is the single definition of the format. The compiler imports it to w
 (``load_bundle``), so the two cannot drift apart; each graph's I/O is the contract's
 (``runtime/contract.py``). It imports neither torch nor onnx.
 
-A bundle is untrusted input: the manifest is read with ``yaml.safe_load``, every file it names
-must resolve to a path inside the bundle directory, and every file's sha256 is checked before a
-session is created from it.
+A bundle is untrusted input: ``bundle.yaml`` must match the digest in ``bundle.yaml.sha256``
+(written next to it by the compiler: the one hash that covers the whole bundle, since the manifest
+holds every graph's sha256; ready to be signed), it is read by ``documents.load_yaml``'s rules
+(size limit, no anchors or aliases) and every field is type- and range-checked; every file it
+names must resolve to a path inside the bundle directory, and every file's sha256 is checked
+before a session is created from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, ClassVar
 
 from samurai_onnx.runtime.contract import GRAPHS, ContractError, Geometry, TensorSpec, contract
+from samurai_onnx.runtime.documents import (
+    DocumentError,
+    ErrorType,
+    Range,
+    check_fields,
+    check_instance,
+    dump_yaml,
+    one_line,
+    parse_yaml,
+    read_verified,
+    short,
+    write_digest,
+)
+from samurai_onnx.runtime.documents import at as _at
+from samurai_onnx.runtime.documents import require as _require
+from samurai_onnx.runtime.documents import unknown_keys as _unknown_keys
 
-# 2: six graphs (preprocess and postprocess added), memories and pointers in device-resident
-# pools gathered and scattered by index, per-object batches.
+# 2: seven graphs (preprocess, postprocess and mask_prompt added), memories and pointers in
+# device-resident pools gathered and scattered by index, per-object batches.
 FORMAT_VERSION = 2
 MANIFEST_NAME = "bundle.yaml"
+ENGINES = ("onnxruntime", "openvino")
+DIGEST_NAME = "bundle.yaml.sha256"  # sha256sum format: "<hex>  bundle.yaml"
 COMPONENTS = GRAPHS
 
-class BundleError(ValueError):
+class BundleError(DocumentError):
     """A bundle that cannot be used; the message says what is wrong and what to do."""
 
 
@@ -71,6 +92,36 @@ class TrackerSettings:
     static_memory_slots: int = 7
     static_pointer_slots: int = 16
 
+    # The meaningful range of every number (each item of image_mean/image_std); a value outside
+    # it is refused wherever it comes from: a manifest, bundle.yaml or an API override. Thresholds
+    # compared with a predicted IoU (in [0, 1]) may be below 0, meaning "every frame passes".
+    FIELD_RULES: ClassVar[dict[str, Range]] = {
+        "image_size": Range(16, 8192),
+        "image_mean": Range(0, 1),
+        "image_std": Range(0, 10, lo_open=True),
+        "d_model": Range(1, 8192),
+        "mem_dim": Range(1, 8192),
+        "feat_size": Range(1, 1024),
+        "low_res_mask_size": Range(4, 4096),
+        "num_maskmem": Range(1, 64),
+        "max_obj_ptrs_in_encoder": Range(1, 1024),
+        "stable_frames_threshold": Range(0, 1_000_000),
+        "stable_ious_threshold": Range(0, 1),
+        "kf_score_weight": Range(0, 1),
+        "memory_bank_iou_threshold": Range(-1, 1),
+        "memory_bank_kf_score_threshold": Range(-1, 1),
+        "fill_hole_area": Range(0, 1 << 24),
+        "dynamic_multimask_stability_delta": Range(0, 10),
+        "dynamic_multimask_stability_thresh": Range(0, 1),
+        "static_memory_slots": Range(1, 64),
+        "static_pointer_slots": Range(1, 1024),
+    }
+
+    def __post_init__(self) -> None:
+        """Every instance obeys ``FIELD_RULES``, also one made by ``dataclasses.replace``."""
+        check_instance(self, "tracker settings", error=BundleError)
+        _check_together(self.__dict__, "tracker settings", BundleError)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
@@ -91,16 +142,97 @@ class TrackerSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "tracker") -> TrackerSettings:
-        """Settings from a manifest's or bundle's ``tracker:`` mapping, every value type-checked."""
+        """Settings from a manifest's or bundle's ``tracker:`` mapping, every value checked."""
         if not isinstance(data, dict):
-            raise BundleError(f"{where}: expected a mapping of settings, got {data!r}")
-        kwargs = check_fields(cls, data, where)
-        settings = cls(**kwargs)
-        if settings.memory_shape not in ("dynamic", "static"):
-            raise BundleError(
-                f"{where}.memory_shape: {settings.memory_shape!r} is not one of dynamic, static"
-            )
-        return settings
+            raise BundleError(f"{where}: expected a mapping of settings, got {short(data)}")
+        kwargs = check_fields(cls, data, where, error=BundleError)
+        _check_together({**_DEFAULT_SETTINGS, **kwargs}, where, BundleError)
+        return cls(**kwargs)
+
+
+def _check_together(s: Mapping[str, Any], where: str, error: ErrorType) -> None:
+    """The rules that tie settings together (each value alone is already type/range-checked)."""
+    if s["memory_shape"] not in ("dynamic", "static"):
+        raise error(
+            f"{where}.memory_shape: {short(s['memory_shape'])} is not one of dynamic, static"
+        )
+    if s["low_res_mask_size"] != 4 * s["feat_size"] or s["image_size"] % s["feat_size"]:
+        raise error(
+            f"{where}: image_size {s['image_size']}, feat_size {s['feat_size']} and "
+            f"low_res_mask_size {s['low_res_mask_size']} do not fit together (image_size must be "
+            "a multiple of feat_size, low_res_mask_size 4 x feat_size); rebuild the bundle"
+        )
+    if s["memory_shape"] == "static" and (
+        s["static_memory_slots"] < s["num_maskmem"]
+        or s["static_pointer_slots"] < s["max_obj_ptrs_in_encoder"]
+    ):
+        raise error(
+            f"{where}: static_memory_slots {s['static_memory_slots']} / static_pointer_slots "
+            f"{s['static_pointer_slots']} cannot hold num_maskmem {s['num_maskmem']} / "
+            f"max_obj_ptrs_in_encoder {s['max_obj_ptrs_in_encoder']}"
+        )
+
+
+_DEFAULT_SETTINGS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrackerSettings)}
+
+# Set by the model (and the static graph's slots): never changed at run time.
+# The settings that follow from the model (and the target's memory shape): a manifest may not set
+# them under tracker: (they could only contradict the model), nor may a run override them.
+GEOMETRY_SETTINGS = (
+    "image_size",
+    "d_model",
+    "mem_dim",
+    "feat_size",
+    "low_res_mask_size",
+    "num_maskmem",
+    "max_obj_ptrs_in_encoder",
+    "memory_shape",
+)
+MODEL_SETTINGS = frozenset(
+    {
+        *GEOMETRY_SETTINGS,
+        "static_memory_slots",
+        "static_pointer_slots",
+        # constants baked into the graphs (recorded per graph in bundle.yaml)
+        "image_mean",
+        "image_std",
+        "min_obj_score_logits",
+        "dynamic_multimask_stability_delta",
+        "memory_bf16",
+    }
+)
+
+
+def check_overrides(
+    base: TrackerSettings,
+    overrides: Mapping[str, Any] | None,
+    *,
+    where: str = "tracker override",
+    error: ErrorType = BundleError,
+) -> TrackerSettings:
+    """``base`` with API/CLI ``overrides`` applied, checked like a manifest's tracker settings.
+
+    The one entry point for run-time changes (``Tracker(overrides=..., fill_hole_area=...)``):
+    names must be settings that the model does not fix, values pass ``FIELD_RULES``, and a
+    problem is one line raised as ``error`` (the Tracker passes its ``TrackerError``).
+    """
+    changes = dict(overrides or {})
+    fields = {f.name for f in dataclasses.fields(TrackerSettings)}
+    bad = sorted(set(changes) - fields, key=str)
+    if bad:
+        raise error(
+            f"{where}: unknown tracker setting(s) {', '.join(short(b, 30) for b in bad[:5])}; "
+            f"known: {', '.join(sorted(fields - MODEL_SETTINGS))}"
+        )
+    fixed = sorted(set(changes) & MODEL_SETTINGS)
+    if fixed:
+        raise error(
+            f"{where}: {', '.join(fixed)} follow(s) from the model or are baked into its graphs; "
+            "not overridable"
+        )
+    kwargs = check_fields(TrackerSettings, changes, where, error=error)
+    _check_together({**base.__dict__, **kwargs}, where, error)
+    return dataclasses.replace(base, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -155,55 +287,6 @@ class Bundle:
         return {k: v for c in self.components.values() for k, v in c.constants.items()}
 
 
-def _kind_ok(value: Any, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
-def check_fields(cls: Any, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """``data`` checked against the fields of dataclass ``cls``; returns constructor kwargs.
-
-    Why: YAML happily reads ``kf_score_weight: "0.25"`` or ``stages: [1, 2]`` and a dataclass
-    takes anything, so a typo would otherwise become a silently different model or tracker. The
-    type of each field's default is the rule (bool, int, float (ints allowed), str, tuples of
-    those; a tuple annotated with a fixed arity must have that length); fields whose default is
-    a dataclass are left to the caller. Lists become tuples, ints given for floats become floats.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise BundleError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
-        )
-    defaults = cls()
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        default = getattr(defaults, key)
-        at = f"{where}.{key}"
-        if dataclasses.is_dataclass(default):
-            out[key] = value
-        elif isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise BundleError(f"{at}: expected a list, got {value!r}")
-            fixed = "..." not in str(fields[key].type)
-            if fixed and len(value) != len(default):
-                raise BundleError(f"{at}: expected a list of {len(default)}, got {value!r}")
-            kind = type(default[0]) if default else object
-            if not all(_kind_ok(v, kind) for v in value):
-                raise BundleError(f"{at}: expected a list of {kind.__name__}, got {value!r}")
-            out[key] = tuple(float(v) if kind is float else v for v in value)
-        elif not _kind_ok(value, type(default)):
-            raise BundleError(f"{at}: expected {type(default).__name__}, got {value!r}")
-        else:
-            out[key] = float(value) if isinstance(default, float) else value
-    return out
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -218,22 +301,165 @@ def _inside(root: Path, rel: str, where: str) -> Path:
     try:
         candidate = (root / rel).resolve()
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{where}: file {rel!r} is not a valid path ({exc})") from None
+        raise BundleError(f"{where}: file {short(rel, 200)} is not a valid path ({exc})") from None
     if Path(rel).is_absolute() or not candidate.is_relative_to(root):
         raise BundleError(
-            f"{where}: file {rel!r} points outside the bundle directory {root}; "
+            f"{where}: file {short(rel, 200)} points outside the bundle directory {root}; "
             "a bundle may only name files inside itself — rebuild it with samurai-compile"
         )
     return candidate
 
 
-def _specs(items: Any, where: str) -> tuple[TensorSpec, ...]:
-    if not isinstance(items, list):
-        raise BundleError(f"{where} must be a list of {{name, dtype, shape}}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")  # a source checkpoint's
+_TOP_KEYS = (
+    "format_version",
+    "compiler_version",
+    "model",
+    "source_checkpoint",
+    "target",
+    "tracker",
+    "components",
+)
+_TARGET_KEYS = {
+    "name": str,
+    "providers": list,
+    "provider_options": dict,
+    "precision": str,
+    "quantization": str,
+    "opset": int,
+    "format": str,
+    "memory_shape": str,
+    "processing": str,
+    "engine": str,
+    "engine_options": dict,
+}
+_OPTIONAL = ("static", "attention", "max_abs_error", "constants")
+_COMPONENT_KEYS = {
+    "file": str,
+    "sha256": str,
+    "static": bool,
+    "constants": dict,
+    "precision": str,
+    "attention": str,
+    "inputs": list,
+    "outputs": list,
+    "max_abs_error": dict,
+    "tolerance": float,
+}
+
+
+def _section(
+    data: Mapping[str, Any],
+    key: str,
+    where: str,
+    kinds: Mapping[str, type],
+    optional: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``data[key]``: a mapping whose keys are among ``kinds``, all present but ``optional``,
+    with values of those types."""
+    here = _at(where, key)
+    value = _require(data, key, where, dict, error=BundleError)
+    _unknown_keys(value, kinds, here, error=BundleError)
+    for name, kind in kinds.items():
+        if name in value or name not in optional:
+            _require(value, name, here, kind, error=BundleError)
+    return dict(value)
+
+
+def _specs(items: list[Any], where: str) -> tuple[TensorSpec, ...]:
+    specs = []
+    for i, item in enumerate(items[:64]):
+        iw = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise BundleError(f"{iw}: expected {{name, dtype, shape}}, got {short(item)}")
+        _unknown_keys(item, ("name", "dtype", "shape"), iw, error=BundleError)
+        shape = _require(item, "shape", iw, list, error=BundleError)
+        if len(shape) > 8 or not all(
+            (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or isinstance(d, str)
+            for d in shape
+        ):
+            raise BundleError(
+                f"{iw}.shape: expected up to 8 sizes or axis names, got {short(shape)}"
+            )
+        specs.append(
+            TensorSpec(
+                _require(item, "name", iw, str, error=BundleError),
+                _require(item, "dtype", iw, str, error=BundleError),
+                tuple(shape),
+            )
+        )
+    return tuple(specs)
+
+
+def seal_manifest(root: Path) -> Path:
+    """Write ``bundle.yaml.sha256`` for the ``bundle.yaml`` in ``root``; returns that file."""
+    return write_digest(root / MANIFEST_NAME)
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """``bundle.yaml`` of ``root`` checked against its digest, parsed safely, every top-level
+    section type-checked (components and tracker are checked by ``load_bundle``)."""
+    manifest = root / MANIFEST_NAME
+    raw = read_verified(
+        manifest,
+        error=BundleError,
+        fix=f"rebuild or re-copy the bundle (after a deliberate edit of {MANIFEST_NAME}: "
+        f"sha256sum {MANIFEST_NAME} > {DIGEST_NAME})",
+    )
     try:
-        return tuple(TensorSpec(str(i["name"]), str(i["dtype"]), tuple(i["shape"])) for i in items)
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{where}: every entry needs name, dtype and shape ({exc})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BundleError(f"{manifest}: not UTF-8 text; rebuild the bundle") from None
+    data = parse_yaml(text, where=str(manifest), error=BundleError)
+    if not isinstance(data, dict):
+        raise BundleError(f"{manifest}: expected a mapping at the top level; rebuild the bundle")
+    version = data.get("format_version")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest}: bundle format version {short(version)} is not supported by this "
+            f"runtime (it reads version {FORMAT_VERSION}); rebuild the bundle with this "
+            "samurai-compile"
+        )
+    where = str(manifest)
+    _unknown_keys(data, _TOP_KEYS, where, error=BundleError)
+    if not isinstance(data.get("compiler_version", ""), str):
+        raise BundleError(
+            f"{_at(where, 'compiler_version')}: expected str, got {short(data['compiler_version'])}"
+        )
+    model = _section(data, "model", where, {"name": str, "config": dict})
+    ckpt = _section(data, "source_checkpoint", where, {"file": str, "sha256": str})
+    if not _SHA256.fullmatch(ckpt["sha256"]):
+        raise BundleError(
+            f"{_at(where, 'source_checkpoint.sha256')}: expected 64 hex digits, got {short(ckpt['sha256'])}"
+        )
+    target = _section(
+        data,
+        "target",
+        where,
+        _TARGET_KEYS,
+        optional=("provider_options", "processing", "engine", "engine_options"),
+    )
+    tw = _at(where, "target")
+    for key, allowed in (("processing", ("graph", "host")), ("engine", ENGINES)):
+        if key in target and target[key] not in allowed:
+            raise BundleError(
+                f"{tw}.{key}: {short(target[key])} is not one of {', '.join(allowed)}; "
+                "rebuild the bundle"
+            )
+    providers = target["providers"]
+    if not providers or len(providers) > 16 or not all(isinstance(p, str) for p in providers):
+        raise BundleError(
+            f"{tw}.providers: expected a list of provider names, got {short(providers)}"
+        )
+    for name, opts in (target.get("provider_options") or {}).items():
+        if not isinstance(name, str) or not isinstance(opts, dict):
+            raise BundleError(
+                f"{tw}.provider_options: expected provider: {{options}}, got {short({name: opts})}"
+            )
+    comps = _require(data, "components", where, dict, error=BundleError)
+    _unknown_keys(comps, COMPONENTS, _at(where, "components"), error=BundleError)
+    _require(data, "tracker", where, dict, error=BundleError)
+    return {**data, "model": model, "source_checkpoint": ckpt, "target": target}
 
 
 def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
@@ -255,23 +481,8 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         raise BundleError(
             f"{root} is not a bundle: {MANIFEST_NAME} is missing; build one with samurai-compile"
         )
-    try:
-        data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(
-            f"{manifest}: not valid YAML ({_one_line(exc)}); rebuild the bundle"
-        ) from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{manifest}: expected a mapping at the top level; rebuild the bundle")
-    version = data.get("format_version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
-        raise BundleError(
-            f"{manifest}: bundle format version {version!r} is not supported by this runtime "
-            f"(it reads version {FORMAT_VERSION}); rebuild the bundle with this samurai-compile"
-        )
-    comps = data.get("components")
-    if not isinstance(comps, dict):
-        raise BundleError(f"{manifest}: 'components' is missing; rebuild the bundle")
+    data = read_manifest(root)
+    comps = data["components"]
     missing = [c for c in COMPONENTS if c not in comps]
     if missing:
         raise BundleError(
@@ -279,47 +490,47 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             f"of {', '.join(COMPONENTS)} (compile with --components all)"
         )
     components: dict[str, ComponentInfo] = {}
-    for name, info in comps.items():
+    for name in COMPONENTS:
         where = f"{manifest}: components.{name}"
-        if not isinstance(info, dict) or "file" not in info or "sha256" not in info:
+        if (
+            not isinstance(comps[name], dict)
+            or "file" not in comps[name]
+            or "sha256" not in comps[name]
+        ):
             raise BundleError(f"{where} needs 'file' and 'sha256'; rebuild the bundle")
-        file_path = _inside(root, str(info["file"]), where)
+        info = _section(comps, name, f"{manifest}: components", _COMPONENT_KEYS, _OPTIONAL)
+        file_path = _inside(root, info["file"], where)
         if not file_path.is_file():
             raise BundleError(
-                f"{where}: file {info['file']} is missing; rebuild or re-copy the bundle"
+                f"{where}: file {info['file'][:200]} is missing; rebuild or re-copy the bundle"
             )
-        if verify_hashes and sha256_file(file_path) != str(info["sha256"]).lower():
+        if verify_hashes and sha256_file(file_path) != info["sha256"].lower():
             raise BundleError(
-                f"{where}: {info['file']} does not match its sha256 (corrupted or modified); "
-                "rebuild or re-copy the bundle"
+                f"{where}: {info['file'][:200]} does not match its sha256 (corrupted or "
+                "modified); rebuild or re-copy the bundle"
             )
         static = info.get("static", False)
-        if not isinstance(static, bool) or (static and name != "memory_attention"):
-            raise BundleError(f"{where}.static: {static!r} is not valid for {name}; rebuild")
-        try:
-            components[name] = ComponentInfo(
-                name=name,
-                file=str(info["file"]),
-                sha256=str(info["sha256"]),
-                precision=str(info.get("precision", "fp32")),
-                inputs=_specs(info.get("inputs", []), f"{where}.inputs"),
-                outputs=_specs(info.get("outputs", []), f"{where}.outputs"),
-                static=static,
-                max_abs_error={k: float(v) for k, v in (info.get("max_abs_error") or {}).items()},
-                tolerance=float(info.get("tolerance", 0.0)),
-                constants=dict(info.get("constants") or {}),
-            )
-        except (AttributeError, TypeError, ValueError) as exc:
-            if isinstance(exc, BundleError):
-                raise
-            raise BundleError(f"{where}: malformed entry ({exc}); rebuild the bundle") from None
-    tracker = TrackerSettings.from_dict(data.get("tracker") or {}, where=f"{manifest}: tracker")
+        if static and name != "memory_attention":
+            raise BundleError(f"{where}.static: only memory_attention has a static variant; rebuild")
+        errors = info.get("max_abs_error") or {}
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in errors.values()
+        ):
+            raise BundleError(f"{where}.max_abs_error: expected numbers, got {short(errors)}")
+        components[name] = ComponentInfo(
+            name=name,
+            file=info["file"],
+            sha256=info["sha256"],
+            precision=info["precision"],
+            inputs=_specs(info.get("inputs", []), f"{where}.inputs"),
+            outputs=_specs(info.get("outputs", []), f"{where}.outputs"),
+            static=static,
+            max_abs_error={str(k): float(v) for k, v in errors.items()},
+            tolerance=float(info["tolerance"]),
+            constants=dict(info.get("constants") or {}),
+        )
+    tracker = TrackerSettings.from_dict(data["tracker"], where=f"{manifest}: tracker")
     for name, comp in components.items():
-        if name not in COMPONENTS:
-            raise BundleError(
-                f"{manifest}: components.{name} is not a graph this runtime knows "
-                f"({', '.join(COMPONENTS)}); rebuild the bundle with this samurai-compile"
-            )
         try:  # the recorded signature; each ONNX file's own is checked when it is loaded
             contract(name, tracker.geometry, static=comp.static).check(
                 [(t.name, t.dtype, t.shape) for t in comp.inputs],
@@ -327,32 +538,26 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             )
         except ContractError as exc:
             raise BundleError(
-                f"{manifest}: components.{name}: {exc}; rebuild the bundle with this "
+                f"{manifest}: components.{name}: {one_line(exc)}; rebuild the bundle with this "
                 "version of samurai-compile"
             ) from None
     return Bundle(
         path=root,
-        format_version=int(version),
+        format_version=FORMAT_VERSION,
         compiler_version=str(data.get("compiler_version", "")),
-        model_name=str((data.get("model") or {}).get("name", "")),
-        target=dict(data.get("target") or {}),
+        model_name=data["model"]["name"],
+        target=data["target"],
         tracker=tracker,
         components=components,
-        source_checkpoint_sha256=str((data.get("source_checkpoint") or {}).get("sha256", "")),
+        source_checkpoint_sha256=data["source_checkpoint"]["sha256"],
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    """A YAML error (multi-line, with a caret drawing) as one line: problem and position."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{problem}{where}"
-
-
 def write_bundle_manifest(root: Path, data: dict[str, Any]) -> Path:
-    """Write ``bundle.yaml`` (keys in a stable order, so rebuilding gives the same file)."""
+    """Write ``bundle.yaml`` (keys in a stable order, so rebuilding gives the same file) and its
+    digest ``bundle.yaml.sha256``."""
     data = {"format_version": FORMAT_VERSION, **data}
     path = root / MANIFEST_NAME
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    path.write_text(dump_yaml(data), encoding="utf-8")
+    seal_manifest(root)
     return path

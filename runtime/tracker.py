@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from samurai_onnx.runtime import policy
-from samurai_onnx.runtime.bundle import Bundle, TrackerSettings, load_bundle
-from samurai_onnx.runtime.engine import EngineSettings, check_threads, create_engine
+from samurai_onnx.runtime.bundle import Bundle, check_overrides, load_bundle
+from samurai_onnx.runtime.documents import check_threads
+from samurai_onnx.runtime.engine import EngineSettings, create_engine
 from samurai_onnx.runtime.engine.base import DEVICES
-from samurai_onnx.runtime.graphs import FrameFeatures, MemoryPools, SamuraiGraphs
+from samurai_onnx.runtime.graphs import Decoded, FrameFeatures, MemoryPools, SamuraiGraphs
 from samurai_onnx.runtime.memory import MemoryBank, MemoryEntry
 from samurai_onnx.runtime.preprocess import fill_holes, validate_frame
 from samurai_onnx.runtime.video import ObjectResult, Source, open_frames
@@ -42,28 +43,6 @@ log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
-
-# Settings that follow from the model or are baked into the graphs: a bundle fixes them.
-FIXED_SETTINGS = frozenset(
-    {
-        "image_size",
-        "d_model",
-        "mem_dim",
-        "feat_size",
-        "low_res_mask_size",
-        "num_maskmem",
-        "max_obj_ptrs_in_encoder",
-        "memory_shape",
-        "static_memory_slots",
-        "static_pointer_slots",
-        "image_mean",
-        "image_std",
-        "min_obj_score_logits",
-        "dynamic_multimask_stability_delta",
-        "memory_bf16",
-    }
-)
-
 
 # SAM 2's object score for a mask prompt that marks the object: 20 * 1 - 10.
 MASK_PROMPT_SCORE = 10.0
@@ -219,6 +198,52 @@ def check_box(box: Sequence[float], width: int, height: int, index: int = 0) -> 
     return (x0, y0, x1 - x0, y1 - y0)
 
 
+def check_prompt(p: Prompt, size: tuple[int, int]) -> Prompt:
+    """``p`` checked against a ``(width, height)`` frame: labels, points inside, the box clipped
+    to the frame, a mask of the frame's size made boolean; a one-line ``TrackerError`` else."""
+    width, height = size
+    where = f"prompt for object {p.obj_id} on frame {p.frame}"
+    if p.remove:
+        return p
+    if p.mask is not None:
+        return _check_mask(p, where, size)
+    if p.box is None and not p.points:
+        raise TrackerError(f"{where} has neither a box, points nor a mask")
+    if len(p.labels) != len(p.points):
+        raise TrackerError(
+            f"{where} has {len(p.points)} point(s) and {len(p.labels)} label(s); "
+            "give one label (1 positive, 0 negative) per point"
+        )
+    if any(label not in (0, 1) for label in p.labels):
+        raise TrackerError(f"{where}: point labels must be 1 (positive) or 0 (negative)")
+    for x, y in p.points:
+        if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < width and 0 <= y < height):
+            raise TrackerError(
+                f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} frame"
+            )
+    box = check_box(p.box, width, height, p.obj_id) if p.box is not None else None
+    return dataclasses.replace(p, box=box)
+
+
+def _check_mask(p: Prompt, where: str, size: tuple[int, int]) -> Prompt:
+    if p.box is not None or p.points:
+        raise TrackerError(
+            f"{where} gives a mask together with a box or points; a mask prompt stands alone "
+            "(as SAM 2's add_new_mask)"
+        )
+    mask = np.asarray(p.mask)
+    if mask.shape != (size[1], size[0]):
+        got = f"{mask.shape[1]}x{mask.shape[0]}" if mask.ndim == 2 else f"of shape {mask.shape}"
+        raise TrackerError(
+            f"{where}: the mask is {got}, the video {size[0]}x{size[1]}; give a mask of the "
+            "video's size (non-zero = object)"
+        )
+    mask = mask != 0
+    if not mask.any():
+        raise TrackerError(f"{where}: the mask is empty; mark the object with non-zero pixels")
+    return dataclasses.replace(p, mask=mask)
+
+
 def box_prompts(boxes: Sequence[Box], frame: int = 0) -> list[Prompt]:
     """One box prompt per object (ids 0, 1, ...) on ``frame``."""
     return [Prompt(frame, i, box=tuple(b)) for i, b in enumerate(boxes)]  # type: ignore[arg-type]
@@ -258,15 +283,14 @@ class Tracker:
         changes = dict(overrides or {})
         if fill_hole_area is not None:
             changes["fill_hole_area"] = fill_hole_area
-        self.settings = settings_with(self.bundle.tracker, changes)
+        self.settings = check_overrides(
+            self.bundle.tracker, changes, where="tracker settings", error=TrackerError
+        )
         if device is not None and device not in DEVICES:
             raise TrackerError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         if processing is not None and processing not in ("graph", "host"):
             raise TrackerError(f"processing {processing!r} is not one of graph, host")
-        try:
-            threads = check_threads(threads)
-        except ValueError as exc:
-            raise TrackerError(str(exc)) from None
+        threads = check_threads(threads, "threads", error=TrackerError)
         self.engine = create_engine(engine_settings(self.bundle, device, threads, profile_prefix))
         self.graphs = SamuraiGraphs(self.bundle, self.engine, processing=processing)
         if max_batch is not None and (
@@ -340,23 +364,25 @@ class Tracker:
         if not new and not tracked:
             return []
         feats = self.graphs.encode_image(frame)
-        low_res: dict[int, np.ndarray] = {}
-        scores: dict[int, float] = {}
+        infos: dict[int, StepInfo] = {}
         for group in self._groups(tracked, t):
-            self._track_group(group, feats, t, low_res, scores)
+            self._track_group(group, feats, t, infos)
         for group in (c for g in _by_points(new) for c in _chunks(g, self.max_batch)):
-            if group[0].mask is not None:
-                self._mask_group(group, feats, t, low_res, scores)
-            else:
-                self._prompt_group(group, feats, t, size, low_res, scores)
-        order = [o for o in session.objects.values() if o.obj_id in low_res]
-        finished = self.graphs.finish(np.stack([low_res[o.obj_id] for o in order]), size)
+            run = self._mask_group if group[0].mask is not None else self._prompt_group
+            run(group, feats, t, infos)
+        order = [o for o in session.objects.values() if o.obj_id in infos]
+        finished = self.graphs.finish(np.stack([infos[o.obj_id].low_res_mask for o in order]), size)
         results = []
+        prompted = {p.obj_id for p in new}
         for obj, (mask, box) in zip(order, finished, strict=True):
-            score = scores[obj.obj_id]
-            present = bool(score > self.settings.min_obj_score_logits) and box is not None
-            iou = obj.last.iou if obj.last else 0.0
-            results.append(ObjectResult(obj.obj_id, mask, box, iou, present))
+            info = infos[obj.obj_id]
+            present = bool(info.object_score > self.settings.min_obj_score_logits)
+            results.append(
+                ObjectResult(
+                    obj.obj_id, mask, box, info.iou, present and box is not None,
+                    obj.obj_id in prompted,
+                )
+            )  # fmt: skip
         return results
 
     def remove(self, obj_id: int) -> None:
@@ -453,7 +479,6 @@ class Tracker:
     def _check_prompts(
         self, prompts: Sequence[Prompt], t: int, size: tuple[int, int], session: VideoSession
     ) -> list[Prompt]:
-        width, height = size
         seen: set[int] = set()
         out = []
         for p in prompts:
@@ -463,50 +488,10 @@ class Tracker:
             if p.obj_id in seen:
                 raise TrackerError(f"{where}: one prompt per object and frame (merge them)")
             seen.add(p.obj_id)
-            if p.remove:
-                if p.obj_id not in session.objects:
-                    raise TrackerError(f"{where} removes an object that is not being tracked")
-                out.append(p)
-                continue
-            if p.mask is not None:
-                out.append(self._check_mask(p, where, size))
-                continue
-            if p.box is None and not p.points:
-                raise TrackerError(f"{where} has neither a box, points nor a mask")
-            if len(p.labels) != len(p.points):
-                raise TrackerError(
-                    f"{where} has {len(p.points)} point(s) and {len(p.labels)} label(s); "
-                    "give one label (1 positive, 0 negative) per point"
-                )
-            if any(label not in (0, 1) for label in p.labels):
-                raise TrackerError(f"{where}: point labels must be 1 (positive) or 0 (negative)")
-            for x, y in p.points:
-                if not (np.isfinite(x) and np.isfinite(y) and 0 <= x < width and 0 <= y < height):
-                    raise TrackerError(
-                        f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} frame"
-                    )
-            box = check_box(p.box, width, height, p.obj_id) if p.box is not None else None
-            out.append(dataclasses.replace(p, box=box))
+            if p.remove and p.obj_id not in session.objects:
+                raise TrackerError(f"{where} removes an object that is not being tracked")
+            out.append(check_prompt(p, size))
         return out
-
-    @staticmethod
-    def _check_mask(p: Prompt, where: str, size: tuple[int, int]) -> Prompt:
-        if p.box is not None or p.points:
-            raise TrackerError(
-                f"{where} gives a mask together with a box or points; a mask prompt stands alone "
-                "(as SAM 2's add_new_mask)"
-            )
-        mask = np.asarray(p.mask)
-        if mask.shape != (size[1], size[0]):
-            raise TrackerError(
-                f"{where}: the mask is {mask.shape[1] if mask.ndim == 2 else '?'}x"
-                f"{mask.shape[0] if mask.ndim else '?'}, the video {size[0]}x{size[1]}; give a "
-                "mask of the video's size (non-zero = object)"
-            )
-        mask = mask != 0
-        if not mask.any():
-            raise TrackerError(f"{where}: the mask is empty; mark the object with non-zero pixels")
-        return dataclasses.replace(p, mask=mask)
 
     def _remove(self, session: VideoSession, obj_id: int) -> None:
         obj = session.objects.pop(obj_id)
@@ -525,15 +510,11 @@ class Tracker:
         return [c for g in groups.values() for c in _chunks(g, self.max_batch)]
 
     def _track_group(
-        self,
-        group: list[Any],
-        feats: FrameFeatures,
-        t: int,
-        low_res: dict[int, np.ndarray],
-        scores: dict[int, float],
+        self, group: list[Any], feats: FrameFeatures, t: int, out: dict[int, StepInfo]
     ) -> None:
-        pools = self.session.pools if self.session else None
-        assert pools is not None
+        """Tracked objects with equal memory and pointer counts: one batch through memory
+        attention, the decoder and the memory encoder; SAMURAI's choice per object."""
+        pools = self._pools()
         mem_index = np.array(
             [[pools.memory_index(o.block, s) for s in sel.memory_slots] for o, sel in group]
         )
@@ -562,73 +543,41 @@ class Tracker:
             )
             for i, ((obj, _), c) in enumerate(zip(group, choices, strict=True))
         ]
-        self.graphs.encode_memory(
-            feats,
-            pools,
-            masks=dec.masks,
-            candidate=cands,
-            object_scores=dec.object_scores,
-            binarize=False,
-            obj_ptr=dec.obj_ptr,
-            ptr_candidate=cands,
-            memory_slot=[
-                pools.memory_index(o.block, e.slot)
-                for (o, _), e in zip(group, entries, strict=True)
-            ],
-            ptr_slot=[
-                pools.ptr_index(o.block, e.ptr_slot)
-                for (o, _), e in zip(group, entries, strict=True)
-            ],
-        )
+        objs = [obj for obj, _ in group]
+        self._encode(feats, objs, entries, dec.masks, cands, dec.object_scores, False, dec, cands)
         chosen = self._filled(self.graphs.chosen_masks(dec, cands))
         for i, ((obj, sel), c) in enumerate(zip(group, choices, strict=True)):
-            obj.last = StepInfo(
-                t,
-                c.candidate,
-                entries[i].iou,
-                entries[i].object_score,
-                c.kf_score,
-                c.kf_ious,
-                tuple(f + obj.start for f in sel.memory_frames),
-                tuple(f + obj.start for f in sel.pointer_frames),
-                chosen[i],
-            )
-            low_res[obj.obj_id] = chosen[i]
-            scores[obj.obj_id] = entries[i].object_score
+            memories = tuple(f + obj.start for f in sel.memory_frames)
+            pointers = tuple(f + obj.start for f in sel.pointer_frames)
+            out[obj.obj_id] = obj.last = StepInfo(
+                t, c.candidate, entries[i].iou, entries[i].object_score, c.kf_score, c.kf_ious,
+                memories, pointers, chosen[i],
+            )  # fmt: skip
 
     def _prompt_group(
-        self,
-        group: list[Prompt],
-        feats: FrameFeatures,
-        t: int,
-        size: tuple[int, int],
-        low_res: dict[int, np.ndarray],
-        scores: dict[int, float],
+        self, group: list[Prompt], feats: FrameFeatures, t: int, out: dict[int, StepInfo]
     ) -> None:
         """Objects prompted on this frame with the same number of points: one decoder batch."""
-        session = self.session
-        assert session is not None
-        coords, labels = _prompt_points(group, size, self.settings.image_size)
+        session = self._session()
+        assert session.frame_size is not None
+        coords, labels = _prompt_points(group, session.frame_size, self.settings.image_size)
         dec = self.graphs.decode(
             feats.vision_features, feats, prompted=True, coords=coords, labels=labels
         )
         multimask = policy.uses_multimask(group[0].num_points)
-        objs, cands, ptr_cands, choices = [], [], [], []
-        for i, p in enumerate(group):
-            obj = self._object_for(session, p.obj_id, t)
+        objs = [self._object_for(session, p.obj_id, t) for p in group]
+        cands, ptr_cands, choices = [], [], []
+        for i, obj in enumerate(objs):
+            choice = None
             if multimask:  # one click: three candidates and SAMURAI's choice, as on tracked frames
                 boxes = policy.rounded_boxes(dec.boxes[i, 1:])
                 choice = policy.samurai_choice(obj.motion, dec.ious[i, 1:], boxes, self.settings)
                 obj.motion = choice.motion
                 cand = ptr_cand = choice.candidate
             else:
-                cand = policy.single_mask_choice(
-                    float(dec.stability[i]),
-                    dec.ious[i],
-                    self.settings.dynamic_multimask_stability_thresh,
-                )
-                ptr_cand, choice = 0, None  # the single-mask token's pointer, whatever the mask
-            objs.append(obj)
+                thresh = self.settings.dynamic_multimask_stability_thresh
+                cand = policy.single_mask_choice(float(dec.stability[i]), dec.ious[i], thresh)
+                ptr_cand = 0  # the single-mask token's pointer, whatever the mask
             cands.append(cand)
             ptr_cands.append(ptr_cand)
             choices.append(choice)
@@ -644,48 +593,21 @@ class Tracker:
             )
             for i, obj in enumerate(objs)
         ]
-        pools = session.pools
         # The prompted frame's memory comes from the hole-filled mask, binarized (SAM 2's
         # consolidation step), so the filled masks go back to the device.
-        self.graphs.encode_memory(
-            feats,
-            pools,
-            masks=chosen[:, None],
-            candidate=[0] * len(group),
-            object_scores=dec.object_scores,
-            binarize=self.settings.binarize_mask_from_pts_for_mem_enc,
-            obj_ptr=dec.obj_ptr,
-            ptr_candidate=ptr_cands,
-            memory_slot=[
-                pools.memory_index(o.block, e.slot) for o, e in zip(objs, entries, strict=True)
-            ],
-            ptr_slot=[
-                pools.ptr_index(o.block, e.ptr_slot) for o, e in zip(objs, entries, strict=True)
-            ],
+        binarize = self.settings.binarize_mask_from_pts_for_mem_enc
+        zero = [0] * len(group)
+        self._encode(
+            feats, objs, entries, chosen[:, None], zero, dec.object_scores, binarize, dec, ptr_cands
         )
-        for i, obj in enumerate(objs):
-            c = choices[i]
-            obj.last = StepInfo(
-                t,
-                cands[i],
-                entries[i].iou,
-                entries[i].object_score,
-                c.kf_score if c else None,
-                c.kf_ious if c else None,
-                (),
-                (),
-                chosen[i],
-            )
-            low_res[obj.obj_id] = chosen[i]
-            scores[obj.obj_id] = entries[i].object_score
+        for i, (obj, c) in enumerate(zip(objs, choices, strict=True)):
+            out[obj.obj_id] = obj.last = StepInfo(
+                t, cands[i], entries[i].iou, entries[i].object_score,
+                c.kf_score if c else None, c.kf_ious if c else None, (), (), chosen[i],
+            )  # fmt: skip
 
     def _mask_group(
-        self,
-        group: list[Prompt],
-        feats: FrameFeatures,
-        t: int,
-        low_res: dict[int, np.ndarray],
-        scores: dict[int, float],
+        self, group: list[Prompt], feats: FrameFeatures, t: int, out: dict[int, StepInfo]
     ) -> None:
         """Objects prompted with a mask on this frame: SAM 2's ``_use_mask_as_output``.
 
@@ -693,8 +615,7 @@ class Tracker:
         +10); the decoder runs with the mask as its dense prompt only for the object pointer
         (token 0, on the frame's own features); the memory is the binarized mask.
         """
-        session = self.session
-        assert session is not None
+        session = self._session()
         masks = np.stack([np.asarray(p.mask, np.float32) for p in group])
         mask_input, logits = self.graphs.mask_prompt(masks)
         dec = self.graphs.decode(
@@ -710,16 +631,35 @@ class Tracker:
         ]
         # as on every prompted frame, the memory comes from the hole-filled mask, binarized
         chosen = self._filled(self.engine.download(logits)[:, 0].astype(np.float32))
-        pools = session.pools
+        zero = [0] * len(group)
+        scores = np.full(len(group), score, np.float32)
+        self._encode(feats, objs, entries, chosen[:, None], zero, scores, True, dec, zero)
+        for i, obj in enumerate(objs):
+            out[obj.obj_id] = obj.last = StepInfo(t, 0, 1.0, score, None, None, (), (), chosen[i])
+
+    def _encode(
+        self,
+        feats: FrameFeatures,
+        objs: Sequence[ObjectState],
+        entries: Sequence[MemoryEntry],
+        masks: Any,
+        candidate: Sequence[int],
+        object_scores: np.ndarray,
+        binarize: bool,
+        dec: Decoded,
+        ptr_candidate: Sequence[int],
+    ) -> None:
+        """Each object's chosen mask and pointer into the pool slots its memory bank assigned."""
+        pools = self._pools()
         self.graphs.encode_memory(
             feats,
             pools,
-            masks=chosen[:, None],
-            candidate=[0] * len(group),
-            object_scores=np.full(len(group), score, np.float32),
-            binarize=True,
+            masks=masks,
+            candidate=candidate,
+            object_scores=object_scores,
+            binarize=binarize,
             obj_ptr=dec.obj_ptr,
-            ptr_candidate=[0] * len(group),
+            ptr_candidate=ptr_candidate,
             memory_slot=[
                 pools.memory_index(o.block, e.slot) for o, e in zip(objs, entries, strict=True)
             ],
@@ -727,10 +667,13 @@ class Tracker:
                 pools.ptr_index(o.block, e.ptr_slot) for o, e in zip(objs, entries, strict=True)
             ],
         )
-        for i, obj in enumerate(objs):
-            obj.last = StepInfo(t, 0, 1.0, score, None, None, (), (), chosen[i])
-            low_res[obj.obj_id] = chosen[i]
-            scores[obj.obj_id] = score
+
+    def _session(self) -> VideoSession:
+        assert self.session is not None, "no video session"
+        return self.session
+
+    def _pools(self) -> MemoryPools:
+        return self._session().pools
 
     def _object_for(self, session: VideoSession, obj_id: int, t: int) -> ObjectState:
         """The object ``obj_id`` (re)started on frame ``t``: new motion state and memory bank."""
@@ -791,24 +734,6 @@ def _prompt_points(
         coords.append((np.asarray(pts, np.float32) / scale) * np.float32(image_size))
         labels.append(lab)
     return np.stack(coords).astype(np.float32), np.asarray(labels, np.float32)
-
-
-def settings_with(base: TrackerSettings, changes: Mapping[str, Any]) -> TrackerSettings:
-    """``base`` with run-time overrides; fixed (model or graph) settings and bad values refused."""
-    unknown = sorted(set(changes) - set(TrackerSettings.__dataclass_fields__))
-    fixed = sorted(set(changes) & FIXED_SETTINGS)
-    if unknown or fixed:
-        raise TrackerError(
-            f"tracker setting(s) {', '.join(fixed + unknown)} cannot be overridden"
-            + (" (they are fixed by the bundle)" if fixed else "")
-        )
-    area = changes.get("fill_hole_area")
-    if area is not None and (isinstance(area, bool) or not isinstance(area, int) or area < 0):
-        raise TrackerError(f"fill_hole_area is {area!r}; it must be 0 (off) or a positive int")
-    try:
-        return dataclasses.replace(base, **changes)
-    except (TypeError, ValueError) as exc:
-        raise TrackerError(f"tracker settings: {exc}") from None
 
 
 def engine_settings(

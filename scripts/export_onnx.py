@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     from samurai_onnx.compiler.build import BuildError, BuildOptions, PassReport, compile_bundle
     from samurai_onnx.compiler.checkpoint import CheckpointError
-    from samurai_onnx.compiler.cli import one_line
     from samurai_onnx.compiler.manifest import ManifestError
     from samurai_onnx.compiler.passes.verify import NumericError
+    from samurai_onnx.runtime.documents import one_line
+    from samurai_onnx.runtime.signals import exit_code, handle_signals
 
     def show(r: PassReport) -> None:
         worst = max(r.max_abs_error.items(), key=lambda kv: kv[1], default=("-", 0.0))
@@ -98,15 +99,19 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"export {args.model_name} for {args.target}: {', '.join(args.components)}", flush=True)
     try:
-        out = compile_bundle(
-            args.model_name,
-            args.target,
-            checkpoint=args.checkpoint,
-            out_dir=args.output_dir,
-            components=args.components,
-            options=BuildOptions(simplify=args.optimize, dynamic_batch=args.dynamic_batch),
-            on_pass=show,
-        )
+        with handle_signals(deferred=False):
+            out = compile_bundle(
+                args.model_name,
+                args.target,
+                checkpoint=args.checkpoint,
+                out_dir=args.output_dir,
+                components=args.components,
+                options=BuildOptions(simplify=args.optimize, dynamic_batch=args.dynamic_batch),
+                on_pass=show,
+            )
+    except KeyboardInterrupt as exc:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return exit_code(exc)
     except (ManifestError, CheckpointError, NumericError, BuildError, ValueError, OSError) as exc:
         logging.getLogger(__name__).debug("export failed", exc_info=True)
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -1,12 +1,15 @@
 """Peak memory of the tracker over long videos: does it stay flat as the video gets longer?
 
     python scripts/memory_profile.py BUNDLE --frames 60 --frames 240 [--objects 1] [--size 64x48]
+    python scripts/memory_profile.py BUNDLE --frames 2000 --window 500   # the README's long run
 
 Each length runs in a fresh interpreter (so that ``ru_maxrss``, the peak resident set size, is
 that run's own) on a synthetic video generated frame by frame (never stored), tracked with
 ``Tracker.track`` from an iterator. The child reports its peak RSS after the sessions are created,
 after the first frame and at the end, plus the current RSS (VmRSS) at checkpoints. A bounded
-memory bank means the peak after N and after 4N frames differ by noise only.
+memory bank means the peak after N and after 4N frames differ by noise only. ``--window N``
+also samples the RSS after every frame and compares its mean over the first N frames with its
+mean over the last N (flat: within a few percent).
 
 ``--child`` (used by the parent and by tests/test_memory_bank.py) runs one length and prints one
 JSON line.
@@ -60,7 +63,7 @@ def synthetic_video(n: int, width: int, height: int) -> Iterator[np.ndarray]:
 ALL_VALID = {
     "memory_bank_iou_threshold": -1.0,
     "memory_bank_obj_score_threshold": -1e9,
-    "memory_bank_kf_score_threshold": -1e9,
+    "memory_bank_kf_score_threshold": -1.0,  # below any Kalman IoU (range: -1..1)
 }
 
 
@@ -71,6 +74,7 @@ def child(
     size: tuple[int, int],
     checkpoints: list[int],
     all_valid: bool = False,
+    window: int = 0,
 ) -> dict[str, object]:
     from samurai_onnx.runtime import Tracker
 
@@ -84,6 +88,7 @@ def child(
     ]
     boxes = [shapes[k % 2] for k in range(objects)]
     marks: dict[int, dict[str, float]] = {}
+    series: list[float] = []
     after_first = 0.0
     t0 = time.perf_counter()
     count = 0
@@ -93,8 +98,22 @@ def child(
             after_first = _peak_mb()
         if count in checkpoints:
             marks[count] = {"peak_mb": _peak_mb(), "rss_mb": _current_mb()}
+        if window:
+            series.append(_current_mb())
     seconds = time.perf_counter() - t0
     bank = tracker.states[0].memory
+    windows: dict[str, object] = {}
+    if window and len(series) >= 2 * window:
+        first, last = series[:window], series[-window:]
+        mean_first, mean_last = sum(first) / window, sum(last) / window
+        windows = {
+            "window": window,
+            "rss_mb_first_window_mean": round(mean_first, 1),
+            "rss_mb_last_window_mean": round(mean_last, 1),
+            "rss_mb_first_window_max": round(max(first), 1),
+            "rss_mb_last_window_max": round(max(last), 1),
+            "rss_window_change_pct": round(100.0 * (mean_last - mean_first) / mean_first, 2),
+        }
     return {
         "frames": count,
         "objects": objects,
@@ -114,6 +133,7 @@ def child(
             "last": bank.last.frame if bank.last else None,
         },
         "torch_imported": "torch" in sys.modules,
+        **windows,
     }
 
 
@@ -124,6 +144,7 @@ def run_child(
     size: str,
     checkpoints: list[int] | None = None,
     all_valid: bool = False,
+    window: int = 0,
 ) -> dict[str, object]:
     """One length in a fresh interpreter; returns the child's JSON report."""
     cmd = [
@@ -134,6 +155,8 @@ def run_child(
         cmd += ["--checkpoints", ",".join(map(str, checkpoints))]
     if all_valid:
         cmd.append("--all-valid")
+    if window:
+        cmd += ["--window", str(window)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr}")
@@ -155,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         help="relax SAMURAI's memory-bank criteria so that every frame is a valid memory (the "
         "bank stays full: the worst case)",
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="sample the RSS after every frame and compare the mean of the first and last N "
+        "frames (needs at least 2N frames)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the reports to this file")
     args = parser.parse_args(argv)
@@ -163,14 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         marks = [int(v) for v in args.checkpoints.split(",") if v.strip()]
         report = child(
-            args.bundle, lengths[0], args.objects, (width, height), marks, args.all_valid
+            args.bundle,
+            lengths[0],
+            args.objects,
+            (width, height),
+            marks,
+            args.all_valid,
+            args.window,
         )
         print(json.dumps(report))
         return 0
     reports = []
     for n in lengths:
         marks = sorted({1, *range(0, n + 1, max(n // 6, 1))} - {0} | {n})
-        report = run_child(args.bundle, n, args.objects, args.size, marks, args.all_valid)
+        report = run_child(
+            args.bundle, n, args.objects, args.size, marks, args.all_valid, args.window
+        )
         reports.append(report)
         print(json.dumps(report), flush=True)
     print()
@@ -191,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"peak RSS growth from {first['frames']} to {last['frames']} frames: {growth:+.1f} MB"
         )
+    for r in reports:
+        if "rss_window_change_pct" in r:
+            print(
+                f"{r['frames']} frames: mean RSS over the first {r['window']} frames "
+                f"{r['rss_mb_first_window_mean']} MB, over the last {r['window']} "
+                f"{r['rss_mb_last_window_mean']} MB ({float(r['rss_window_change_pct']):+.2f}%)"  # type: ignore[arg-type]
+            )
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2))
     return 0

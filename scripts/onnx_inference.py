@@ -4,7 +4,14 @@
         --model_dir bundles/base_plus-cpu --device cpu --output_video dog_tracked.mp4
 
 A thin layer over ``samurai-run`` (``samurai_onnx.runtime.cli.execute``): same loop, same outputs,
-same one-line errors with exit code 2.
+same one-line errors with exit code 2. The user guide's Python API is importable from here too
+(from the repository root)::
+
+    from scripts.onnx_inference import SAMURAIONNXPredictor
+
+    predictor = SAMURAIONNXPredictor("bundles/base_plus-cpu", device="cpu")
+    for result in predictor.track_video("dog.mp4", (450, 380, 250, 165)):
+        print(result.index, result.objects[0].box)
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import sys
 from typing import NoReturn
 
 from samurai_onnx.runtime.cli import default_boxes_path, execute
+from samurai_onnx.runtime.tracker import SAMURAIONNXPredictor
+
+__all__ = ["SAMURAIONNXPredictor", "build_parser", "main"]
 
 DESCRIPTION = """\
 Track the object in --bbox through --video_path with the ONNX bundle in --model_dir.
@@ -23,7 +33,8 @@ Writes:
     to --output_boxes, by default <video stem>_boxes.txt in the current folder; with several
     --bbox, one file per object: <stem>_obj<k><suffix>;
   * with --output_video: an MP4 of the frames with the masks and boxes drawn.
-A run that fails or is interrupted midway keeps every frame tracked before it in both files.
+A run that fails or is interrupted midway (Ctrl-C, SIGTERM) keeps every frame tracked before it
+in both files; a run refused for bad input changes no file.
 """
 
 

@@ -118,6 +118,8 @@ def _compiler_stamp() -> str:
             REPO / "runtime" / "bundle.py",
             REPO / "runtime" / "contract.py",
             REPO / "runtime" / "preprocess.py",
+            REPO / "runtime" / "documents.py",
+            REPO / "scripts" / "small_manifest.py",
         ]
     )
     for f in files:
@@ -144,6 +146,51 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     stamp = _compiler_stamp()
     fresh = stamp_file.is_file() and stamp_file.read_text() == stamp
     if fresh and (cached / "bundle.yaml").is_file():
+        return cached
+    out = build(cached)
+    stamp_file.write_text(stamp)
+    return out
+
+
+def _small_manifest(path: Path, image_size: int) -> Path:
+    """``scripts/small_manifest.py``'s tiny manifest at ``image_size`` pixels, written to ``path``."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location(
+        "small_manifest", REPO / "scripts" / "small_manifest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = module.small_manifest(REPO / "manifests" / "tiny.yaml", image_size)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny256_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random checkpoint as a 256-pixel model for the cpu target: the same graphs and
+    tracking loop at ~0.3 s a frame, for tests that must track many frames (signals, outputs)."""
+
+    def build(out_dir: Path) -> Path:
+        from samurai_onnx.compiler.build import compile_bundle
+
+        manifest = _small_manifest(out_dir.parent / "tiny-256.yaml", 256)
+        return compile_bundle(manifest, "cpu", checkpoint=tiny_checkpoint, out_dir=out_dir)
+
+    if not TEST_CACHE:
+        return build(tmp_path_factory.mktemp("bundles") / "tiny-256-cpu")
+    cached = Path(TEST_CACHE) / "tiny-256-cpu"
+    stamp_file = Path(TEST_CACHE) / "tiny-256-cpu.stamp"
+    stamp = _compiler_stamp()
+    if (
+        stamp_file.is_file()
+        and stamp_file.read_text() == stamp
+        and (cached / "bundle.yaml").is_file()
+    ):
         return cached
     out = build(cached)
     stamp_file.write_text(stamp)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from collections.abc import Callable
@@ -15,10 +16,12 @@ import yaml
 
 from samurai_onnx.runtime.bundle import (
     COMPONENTS,
+    DIGEST_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
     BundleError,
     load_bundle,
+    seal_manifest,
 )
 
 
@@ -30,7 +33,7 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
     dst.mkdir(parents=True)
     for item in src.iterdir():
         if item.is_file():
-            if item.name == MANIFEST_NAME:
+            if item.name in (MANIFEST_NAME, DIGEST_NAME):
                 shutil.copyfile(item, dst / item.name)
                 continue
             try:
@@ -47,10 +50,17 @@ def _own_copy(path: Path) -> None:
 
 
 def _edit(root: Path, fn: Callable[[dict[str, Any]], None]) -> None:
+    """Change bundle.yaml and re-seal it (its digest updated), as a deliberate edit would."""
     path = root / MANIFEST_NAME
     data = yaml.safe_load(path.read_text())
     fn(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    seal_manifest(root)
+
+
+def _write(root: Path, text: str) -> None:
+    (root / MANIFEST_NAME).write_text(text)
+    seal_manifest(root)
 
 
 @pytest.fixture()
@@ -137,9 +147,9 @@ def test_not_a_directory(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_invalid_yaml(bundle: Path) -> None:
-    (bundle / MANIFEST_NAME).write_text("format_version: 1\ncomponents: [\n  : :\n")
-    _error(bundle, "not valid YAML", "line", "rebuild")
-    (bundle / MANIFEST_NAME).write_text("- 1\n- 2\n")
+    _write(bundle, "format_version: 1\ncomponents: [\n  : :\n")
+    _error(bundle, "not valid YAML", "line")
+    _write(bundle, "- 1\n- 2\n")
     _error(bundle, "mapping at the top level")
 
 
@@ -150,12 +160,14 @@ def test_missing_component(bundle: Path) -> None:
 
 def test_static_flag_on_another_graph(bundle: Path) -> None:
     _edit(bundle, lambda d: d["components"]["mask_decoder"].__setitem__("static", True))
-    _error(bundle, "components.mask_decoder.static", "not valid for mask_decoder")
+    _error(bundle, "components.mask_decoder.static", "only memory_attention has a static variant")
 
 
 def test_unknown_component(bundle: Path) -> None:
-    _edit(bundle, lambda d: d["components"].__setitem__("refiner", d["components"]["postprocess"]))
-    _error(bundle, "components.refiner", "not a graph this runtime knows")
+    _edit(
+        bundle, lambda d: d["components"].__setitem__("refiner", copy.deepcopy(d["components"]["postprocess"]))
+    )
+    _error(bundle, "components", "unknown key(s) refiner")
 
 
 def test_inputs_of_another_version(bundle: Path) -> None:
@@ -190,6 +202,19 @@ def test_swapped_graphs_with_consistent_hashes(bundle: Path) -> None:
     message = str(info.value)
     assert "memory_encoder.onnx does not match its graph contract" in message, message
     assert "rebuild" in message and "\n" not in message
+
+
+def test_edit_without_digest_refused(bundle: Path) -> None:
+    """bundle.yaml covered by bundle.yaml.sha256: an edit (or corruption) is caught first."""
+    path = bundle / MANIFEST_NAME
+    path.write_text(path.read_text().replace("kf_score_weight: 0.25", "kf_score_weight: 0.26"))
+    _error(bundle, "does not match its digest", DIGEST_NAME, "sha256sum")
+    (bundle / DIGEST_NAME).unlink()
+    _error(bundle, f"{DIGEST_NAME} is missing", "rebuild")
+    (bundle / DIGEST_NAME).write_text("not a digest\n")
+    _error(bundle, "expected a sha256")
+    seal_manifest(bundle)
+    assert load_bundle(bundle).tracker.kf_score_weight == 0.26
 
 
 def test_malformed_component(bundle: Path) -> None:

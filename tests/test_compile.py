@@ -261,7 +261,7 @@ def test_ort_mobile_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert bundle.tracker.memory_shape == "static"
     manifest = load_model_manifest(TINY)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["bundle.yaml", *(f"{c}.ort" for c in COMPONENTS)]
+        ["bundle.yaml", "bundle.yaml.sha256", *(f"{c}.ort" for c in COMPONENTS)]
     )
     for name, info in data["components"].items():
         path = out / info["file"]
@@ -363,7 +363,11 @@ def test_rebuild_is_byte_identical(tiny_checkpoint: Path, tmp_path: Path) -> Non
     ma, mb = (_manifest(o)["components"]["memory_encoder"] for o in outs)
     assert ma["sha256"] == mb["sha256"] == sha256_file(a)
     assert (outs[0] / "bundle.yaml").read_bytes() == (outs[1] / "bundle.yaml").read_bytes()
-    assert sorted(p.name for p in outs[0].iterdir()) == ["bundle.yaml", "memory_encoder.onnx"]
+    assert sorted(p.name for p in outs[0].iterdir()) == [
+        "bundle.yaml",
+        "bundle.yaml.sha256",
+        "memory_encoder.onnx",
+    ]
 
 
 # -- a pass that breaks the numbers, or crashes, fails the build -----------------------------------
@@ -509,10 +513,15 @@ def test_export_script(tiny_checkpoint: Path, tmp_path: Path) -> None:
 def test_export_script_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
-    proc = _export_script("--model_name", "tiny", "--checkpoint", bad, "--output_dir", tmp_path)
+    out = tmp_path / "out"
+    proc = _export_script("--model_name", "tiny", "--checkpoint", bad, "--output_dir", out)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and str(bad) in errors[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]  # nothing made, not even out/
+    # a folder with other files is never taken for a bundle to replace
+    proc = _export_script("--model_name", "tiny", "--checkpoint", bad, "--output_dir", tmp_path)
+    assert proc.returncode == 2 and "is a folder that is not a bundle (bad.pt)" in proc.stderr
     proc = _export_script("--model_name", "tiny", "--components", "prompt_encoder")
     assert proc.returncode == 2 and "unknown component(s) prompt_encoder" in proc.stderr
     proc = _export_script("--model_name", "huge")

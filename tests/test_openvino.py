@@ -20,7 +20,7 @@ import yaml
 from conftest import REPO, SYNTHETIC_BOX, requires_oracle, synthetic_frames
 
 from samurai_onnx.compiler.passes.verify import bf16_step
-from samurai_onnx.runtime.bundle import Bundle, load_bundle
+from samurai_onnx.runtime.bundle import Bundle, load_bundle, seal_manifest
 from samurai_onnx.runtime.contract import MODEL_GRAPHS, ContractError, contract, example_feeds
 from samurai_onnx.runtime.engine import EngineError, EngineSettings, create_engine
 from samurai_onnx.runtime.tracker import Tracker
@@ -379,7 +379,7 @@ def test_validate_runs_the_bundle_on_its_engine(
     folder = tmp_path / "bundle"
     folder.mkdir()
     for f in tiny_bundle.iterdir():
-        if f.name != "bundle.yaml":  # bundles refuse symlinks: hard links, or copies
+        if not f.name.startswith("bundle.yaml"):  # bundles refuse symlinks: links, or copies
             try:
                 os.link(f, folder / f.name)
             except OSError:
@@ -387,6 +387,7 @@ def test_validate_runs_the_bundle_on_its_engine(
     data = yaml.safe_load((tiny_bundle / "bundle.yaml").read_text())
     data["target"].update(engine="openvino", engine_options=F32)
     (folder / "bundle.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    seal_manifest(folder)  # bundle.yaml's digest
     loaded: list[str] = []
     real_load = OpenVinoEngine.load
 

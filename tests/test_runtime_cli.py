@@ -23,7 +23,7 @@ from conftest import SHARED_VIDEOS, synthetic_frames
 from typer.testing import CliRunner
 
 from samurai_onnx.runtime import cli
-from samurai_onnx.runtime.bundle import MANIFEST_NAME
+from samurai_onnx.runtime.bundle import MANIFEST_NAME, seal_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "onnx_inference.py"
@@ -183,8 +183,10 @@ def test_bad_bundles(tiny_bundle: Path, clip: Path, tmp_path: Path) -> None:
     def variant(name: str, edit: dict[str, object] | None = None, text: str | None = None) -> Path:
         root = _bundle_copy(tiny_bundle, tmp_path / name)
         (root / MANIFEST_NAME).unlink()  # never write through a hard link
+        (root / f"{MANIFEST_NAME}.sha256").unlink()
         data = {**manifest, **(edit or {})}
         (root / MANIFEST_NAME).write_text(text if text is not None else yaml.safe_dump(data))
+        seal_manifest(root)
         return root
 
     comps = manifest["components"]
@@ -273,7 +275,7 @@ def test_two_objects_all_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
     for i, r in enumerate(rows):
         assert [o["id"] for o in r["objects"]] == [0, 1]
         for k, o in enumerate(r["objects"]):
-            assert set(o) == {"id", "box", "score", "present"}
+            assert set(o) == {"id", "box", "score", "present", "prompted"}
             assert (o["box"] if o["present"] else [0, 0, 0, 0]) == boxes[k][i]
     for k in (0, 1):
         pngs = sorted((out / "masks" / f"obj{k}").iterdir())

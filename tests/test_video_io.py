@@ -254,24 +254,26 @@ def test_jsonl_writer(tmp_path: Path) -> None:
     path = tmp_path / "res.jsonl"
     with JsonlWriter(path) as w:
         w.write(0, None, _results(0))
-        assert len(path.read_text().splitlines()) == 1  # flushed before close
+        assert len(w.temp.read_text().splitlines()) == 1  # flushed before close...
+        assert not path.exists()  # ...under a temporary name, moved into place on close
         w.write(1, None, _results(1, (True, False)))
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0] == {"frame": 0, "objects": [
-        {"id": 0, "box": [5, 10, 19, 9], "score": 0.5, "present": True},
-        {"id": 1, "box": [5, 11, 19, 9], "score": pytest.approx(0.6), "present": True}]}
+        {"id": 0, "box": [5, 10, 19, 9], "score": 0.5, "present": True, "prompted": False},
+        {"id": 1, "box": [5, 11, 19, 9], "score": pytest.approx(0.6), "present": True, "prompted": False}]}
     assert lines[1]["objects"][1] == {"id": 1, "box": None, "score": pytest.approx(0.6),
-                                      "present": False}
+                                      "present": False, "prompted": False}
 
 
 def test_annotated_video_writer(tmp_path: Path) -> None:
     path = tmp_path / "out.mp4"
     with AnnotatedVideoWriter(path, 10.0, (W, H)) as w:
-        assert w.partial == tmp_path / "out.partial.mp4"
+        assert w.partial.parent == tmp_path and w.partial.name.startswith(".out.mp4.")
+        assert w.partial.name.endswith(".partial.mp4")
         for k in range(5):
             w.write(k, _rgb(k), _results(k))
         assert w.partial.exists() and not path.exists()
-    assert path.exists() and not (tmp_path / "out.partial.mp4").exists()
+    assert path.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
     assert _count_frames(path) == 5
     with open_frames(path) as src:
         first = next(iter(src))
@@ -285,15 +287,78 @@ def test_annotated_video_survives_exception(tmp_path: Path) -> None:
             w.write(k, _rgb(k), _results(k))
         raise RuntimeError("boom")
     assert _count_frames(path) == 3
-    assert not (tmp_path / "crash.partial.mp4").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crash.mp4"]
 
 
 def test_annotated_video_writer_errors(tmp_path: Path) -> None:
     with pytest.raises(VideoError) as e:
         AnnotatedVideoWriter(tmp_path / "bad.mp4", 10.0, (0, 0))
-    _one_line_error(e, "cannot open", "bad.partial.mp4")
+    _one_line_error(e, "cannot open", "bad.mp4")
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
     with AnnotatedVideoWriter(tmp_path / "size.mp4", 10.0, (W, H)) as w:
         with pytest.raises(VideoError) as e:
             w.write(0, _rgb(0, w=32), [])
         _one_line_error(e, "frame 0", "32x48")
     assert not (tmp_path / "size.mp4").exists()  # no frames: no file
+
+
+def test_writers_change_nothing_until_a_frame_is_written(tmp_path: Path) -> None:
+    """An existing output keeps its bytes until the new one is complete; a writer closed without
+    frames (a run refused or failed before frame 0) leaves it as it was, and no stray files."""
+    paths = {name: tmp_path / name for name in ("b.txt", "r.jsonl", "v.mp4")}
+    for path in paths.values():
+        path.write_bytes(b"precious")
+    writers = [
+        BoxWriter(paths["b.txt"], 1),
+        JsonlWriter(paths["r.jsonl"]),
+        AnnotatedVideoWriter(paths["v.mp4"], 10.0, (W, H)),
+        MaskWriter(tmp_path / "masks", 2),
+    ]
+    for w in writers:
+        w.close()
+    assert all(p.read_bytes() == b"precious" for p in paths.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(paths)  # masks/ removed again
+    with BoxWriter(paths["b.txt"], 1) as w:
+        w.write(0, None, _results(0)[:1])
+        assert paths["b.txt"].read_bytes() == b"precious"
+    assert paths["b.txt"].read_text() == "5,10,19,9\n"
+    assert oct(paths["b.txt"].stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+
+
+def test_writers_discard(tmp_path: Path) -> None:
+    """``discard`` drops what a writer wrote: temporary files, its new PNGs, folders it made."""
+    old_png = tmp_path / "masks" / "obj0" / "000005.png"  # of a frame this run does not reach
+    old_png.parent.mkdir(parents=True)
+    old_png.write_bytes(b"old")
+    masks = MaskWriter(tmp_path / "masks", 2)
+    boxes = BoxWriter(tmp_path / "out" / "b.txt", 2)
+    for k in range(2):
+        masks.write(k, _rgb(k), _results(k))
+        boxes.write(k, None, _results(k))
+    masks.discard()
+    boxes.discard()
+    assert old_png.read_bytes() == b"old"  # there before: never removed
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "masks", "masks/obj0", "masks/obj0/000005.png"]  # fmt: skip
+
+
+def test_box_encoding_present_one_pixel_and_non_finite_scores(tmp_path: Path) -> None:
+    """A present one-pixel mask at (0, 0) is written 0,0,1,1, never 0,0,0,0 (= absent), and a
+    NaN/inf score is null in the JSONL (which stays valid JSON)."""
+    mask = np.zeros((H, W), bool)
+    mask[0, 0] = True
+    dot = ObjectResult(0, mask, (0, 0, 0, 0), float("nan"), True)
+    gone = ObjectResult(1, np.zeros((H, W), bool), None, float("inf"), False)
+    with BoxWriter(tmp_path / "b.txt", 2) as w:
+        w.write(0, None, [dot, gone])
+    assert (tmp_path / "b_obj0.txt").read_text() == "0,0,1,1\n"
+    assert (tmp_path / "b_obj1.txt").read_text() == "0,0,0,0\n"
+    with JsonlWriter(tmp_path / "r.jsonl") as j:
+        j.write(0, None, [dot, gone])
+    text = (tmp_path / "r.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    row = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSONL"))
+    assert row["objects"] == [
+        {"id": 0, "box": [0, 0, 1, 1], "score": None, "present": True, "prompted": False},
+        {"id": 1, "box": None, "score": None, "present": False, "prompted": False},
+    ]

@@ -81,7 +81,7 @@ def run(
 
     from samurai_onnx.compiler.evaluate.runner import RunError, run_dataset
     from samurai_onnx.runtime.bundle import BundleError, load_bundle
-    from samurai_onnx.runtime.session import DEVICE_PROVIDERS
+    from samurai_onnx.runtime.engine.base import DEVICES as DEVICE_PROVIDERS
 
     setup_logging(verbose)
     if device is not None and device not in DEVICE_PROVIDERS:

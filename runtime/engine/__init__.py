@@ -12,7 +12,6 @@ from samurai_onnx.runtime.engine.base import (
     EngineError,
     EngineSettings,
     GraphSession,
-    check_threads,
     create_engine,
 )
 
@@ -22,6 +21,5 @@ __all__ = [
     "EngineError",
     "EngineSettings",
     "GraphSession",
-    "check_threads",
     "create_engine",
 ]

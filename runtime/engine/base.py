@@ -35,15 +35,6 @@ class EngineError(RuntimeError):
     """A graph that an engine could not load or run; the message is one line with the fix."""
 
 
-def check_threads(threads: int | None) -> int | None:
-    """``threads`` as given, if it is None or a positive int; else a one-line ``ValueError``."""
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads is {threads!r}; it must be a whole number of at least 1")
-    return threads
-
-
 @dataclass(frozen=True)
 class EngineSettings:
     """How to run a bundle: the target's engine, providers and options, filtered by ``device``.
