@@ -44,7 +44,9 @@ from samurai_onnx.compiler.passes.quantize import quantize_int8
 from samurai_onnx.compiler.passes.simplify import simplify_graph
 from samurai_onnx.compiler.passes.verify import (
     NumericError,
+    check_engine,
     check_outputs,
+    declared_precision,
     max_abs_errors,
     run_graph,
 )
@@ -57,6 +59,7 @@ from samurai_onnx.runtime.bundle import (
 )
 from samurai_onnx.runtime.contract import BATCH_AXES, MODEL_GRAPHS, contract
 from samurai_onnx.runtime.documents import one_line
+from samurai_onnx.runtime.engine import Engine, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +150,10 @@ def _run_step(
         ) from exc
     errors: dict[str, float] = {}
     if options.verify and check is not None:
-        errors = check(path)
+        try:
+            errors = check(path)
+        except EngineError as exc:  # the target's engine could not load or run the graph
+            raise BuildError(f"{name}: pass '{pass_name}': {exc}") from None
         check_outputs(name, pass_name, errors, tolerance, where)
     report = PassReport(name, pass_name, time.perf_counter() - start, dict(errors), tolerance)
     options.reports.append(report)
@@ -164,6 +170,7 @@ def _build_model_graph(
     work: Path,
     options: BuildOptions,
     on_pass: Callable[[PassReport], None],
+    engine: Engine | None = None,
 ) -> BuiltGraph:
     spec = manifest.components[name]
     static = name == "memory_attention" and target.memory_shape == "static"
@@ -182,14 +189,16 @@ def _build_model_graph(
     where = f"{manifest.path}: components.{name}.tolerance"
 
     def step(pass_name: str, precision: str, fn: Callable[[], Path]) -> Path:
-        tol = spec.tolerance.get(precision, 1e-4)
+        # the tolerance of what runs: an fp32 file runs in bf16 on OpenVINO with a bf16 hint
+        runs_at = engine.run_precision(name, precision) if engine else precision
+        tol = spec.tolerance.get(runs_at, 1e-4)
         path, errs = _run_step(
             name,
             pass_name,
             fn,
-            lambda p: max_abs_errors(run_graph(p, inputs), reference),
+            lambda p: max_abs_errors(run_graph(p, inputs, engine, graph), reference),
             tol,
-            f"{where}.{precision}",
+            f"{where}.{runs_at}",
             options,
             on_pass,
         )
@@ -225,7 +234,8 @@ def _build_model_graph(
             precision.split("+")[-1],
             lambda: convert_to_ort(src, work / f"{name}.ort"),
         )
-    tol = spec.tolerance.get(precision.split("+")[-1], 1e-4)
+    declared = declared_precision(target.engine, target.engine_options, precision.split("+")[-1])
+    tol = spec.tolerance.get(declared, 1e-4)
     return BuiltGraph(path, onnx_path, precision, dict(errors), tol, static)
 
 
@@ -237,8 +247,10 @@ def _build_processing_graph(
     work: Path,
     options: BuildOptions,
     on_pass: Callable[[PassReport], None],
+    engine: Engine | None = None,
 ) -> BuiltGraph:
-    """Graphs written in ONNX operators, checked against the host (or PyTorch) computation."""
+    """Graphs written in ONNX operators, checked against the host (or PyTorch) computation, on
+    ``engine`` (or ONNX Runtime)."""
     build, check, tol = PROCESSING_GRAPHS[name]
     if name == "mask_prompt":  # the one that holds a weight: the model's mask_downsample conv
         conv = model.mask_downsample
@@ -251,7 +263,14 @@ def _build_processing_graph(
 
     def step(pass_name: str, fn: Callable[[], Path]) -> tuple[Path, dict[str, float]]:
         return _run_step(
-            name, pass_name, fn, lambda p: check(p, settings), tol, where, options, on_pass
+            name,
+            pass_name,
+            fn,
+            lambda p: check(p, settings, engine=engine),
+            tol,
+            where,
+            options,
+            on_pass,
         )
 
     path, errors = step("build", lambda: build(settings, work / f"{name}.onnx"))
@@ -326,6 +345,11 @@ def compile_bundle(
     model = _load_model(manifest, ckpt)
     entries: dict[str, Any] = {}
     report = on_pass or (lambda r: None)
+    # Checks run on the target's engine (None: ONNX Runtime's CPU provider).
+    try:
+        engine = check_engine(target.engine, target.engine_options) if options.verify else None
+    except EngineError as exc:
+        raise BuildError(f"{target.path}: {exc}") from None
     # Everything is built in a staging folder next to ``out`` and renamed into place only when
     # every component has passed, so a failed or interrupted build leaves ``out`` as it was.
     with staging.staging(out) as stage:
@@ -334,11 +358,11 @@ def compile_bundle(
         for name in chosen:
             if name in MODEL_GRAPHS:
                 built = _build_model_graph(
-                    name, model, manifest, target, settings, work, options, report
+                    name, model, manifest, target, settings, work, options, report, engine
                 )
             else:
                 built = _build_processing_graph(
-                    name, model, target, settings, work, options, report
+                    name, model, target, settings, work, options, report, engine
                 )
             ins, outs = _signature(built.onnx_path)
             entries[name] = {

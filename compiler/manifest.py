@@ -148,7 +148,7 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
         raise ManifestError(
             f"{where}.tolerance: expected a mapping like {{fp32: 1.0e-4, fp16: 0.5}}, got {short(tol)}"
         )
-    _unknown(tol, {"fp32", "fp16", "int8"}, f"{where}.tolerance")
+    _unknown(tol, {"fp32", "fp16", "int8", "bf16"}, f"{where}.tolerance")  # bf16: OpenVINO
     for key, value in tol.items():
         if not _kind_ok(value, (int, float)) or not 0 < value < float("inf"):
             raise ManifestError(

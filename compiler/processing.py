@@ -22,6 +22,7 @@ Opset 18 (``antialias`` needs it); both graphs are checked against the host impl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from samurai_onnx.runtime.bundle import TrackerSettings
 from samurai_onnx.runtime.contract import GraphContract, contract
+from samurai_onnx.runtime.engine import Engine
 
 OPSET = 18
 _ONNX_TYPES = {
@@ -228,23 +230,25 @@ def build_mask_prompt(
 
 
 def check_mask_prompt(
-    path: Path, settings: TrackerSettings, weight: np.ndarray, bias: np.ndarray
+    path: Path,
+    settings: TrackerSettings,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    engine: Engine | None = None,
 ) -> dict[str, float]:
     """Max abs difference from SAM 2's PyTorch computation, on a blob mask at two video sizes."""
     import cv2
     import torch
     import torch.nn.functional as F
 
-    session = _session(path)
+    run = _runner(path, "mask_prompt", settings, engine)
     rng = np.random.default_rng(0)
     s, low = settings.image_size, settings.low_res_mask_size
     worst = {"mask_input": 0.0, "low_res_masks": 0.0}
     for h, w in ((720, 1280), (240, 320)):
         noise = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), h / 20)
         mask = (noise > 0.3).astype(np.float32)[None, None]
-        got = dict(
-            zip(("mask_input", "low_res_masks"), session.run(None, {"mask": mask}), strict=True)
-        )
+        got = dict(zip(("mask_input", "low_res_masks"), run({"mask": mask}), strict=True))
         with torch.no_grad():
             m = F.interpolate(
                 torch.from_numpy(mask),
@@ -305,32 +309,44 @@ def _test_frames() -> list[np.ndarray]:
     return frames
 
 
-def _session(path: Path):  # type: ignore[no-untyped-def]
-    from samurai_onnx.runtime.engine.onnxruntime import create_session
+def _runner(
+    path: Path, name: str, settings: TrackerSettings, engine: Engine | None
+) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """Runs the graph at ``path`` on ONNX Runtime's CPU provider, or on ``engine``: feeds ->
+    outputs in the contract's order."""
+    if engine is None:
+        from samurai_onnx.runtime.engine.onnxruntime import create_session
 
-    return create_session(path, ("CPUExecutionProvider",))
+        session = create_session(path, ("CPUExecutionProvider",))
+        return lambda feeds: list(session.run(None, feeds))
+    loaded = engine.load(path, contract(name, settings.geometry))
+    return lambda feeds: [np.asarray(engine.download(v)) for v in loaded.run(feeds).values()]
 
 
-def check_preprocess(path: Path, settings: TrackerSettings) -> dict[str, float]:
+def check_preprocess(
+    path: Path, settings: TrackerSettings, engine: Engine | None = None
+) -> dict[str, float]:
     """Max abs difference from the host (PIL) preprocessing, in normalised units."""
     from samurai_onnx.runtime.preprocess import preprocess_frame
 
-    session = _session(path)
+    run = _runner(path, "preprocess", settings, engine)
     worst = 0.0
     for frame in _test_frames():
-        got = session.run(None, {"frame": frame})[0]
+        got = run({"frame": frame})[0]
         want = preprocess_frame(frame, settings.image_size, settings.image_mean, settings.image_std)
         worst = max(worst, float(np.max(np.abs(got - want))))
     return {"image": worst}
 
 
-def check_postprocess(path: Path, settings: TrackerSettings) -> dict[str, float]:
+def check_postprocess(
+    path: Path, settings: TrackerSettings, engine: Engine | None = None
+) -> dict[str, float]:
     """Share of mask pixels that differ from the host upsampling, and the worst box error (px)."""
     import cv2
 
     from samurai_onnx.runtime.preprocess import mask_to_box, upsample_mask_logits
 
-    session = _session(path)
+    run = _runner(path, "postprocess", settings, engine)
     rng = np.random.default_rng(0)
     low = settings.low_res_mask_size
     logits = np.stack(
@@ -342,7 +358,7 @@ def check_postprocess(path: Path, settings: TrackerSettings) -> dict[str, float]
     logits[1] = -5.0  # an empty mask: its box must come back as -1s
     differ, box_error = 0.0, 0.0
     for h, w in ((720, 1280), (240, 320)):
-        masks, boxes = session.run(None, {"mask_logits": logits, "video_size": np.array([h, w])})
+        masks, boxes = run({"mask_logits": logits, "video_size": np.array([h, w])})
         for i in range(len(logits)):
             want = upsample_mask_logits(logits[i, 0], (h, w)) > 0
             differ = max(differ, float(np.mean(masks[i] != want)))

@@ -152,9 +152,9 @@ MODEL_CASES: dict[str, tuple[Edit, str, str]] = {
         "positive",
     ),
     "tolerance_key": (
-        _set("components.mask_decoder.tolerance.bf16", 0.5),
+        _set("components.mask_decoder.tolerance.int4", 0.5),
         "components.mask_decoder.tolerance",
-        "bf16",
+        "int4",
     ),
     "tolerance_mapping": (
         _set("components.mask_decoder.tolerance", 0.5),
@@ -252,7 +252,7 @@ def test_missing_and_unknown_names(tmp_path: Path) -> None:
         load_model_manifest(tmp_path / "nope.yaml")
     with pytest.raises(ManifestError, match="known: base_plus, large, small, tiny"):
         load_model_manifest("huge")
-    with pytest.raises(ManifestError, match="known: cpu, cpu-int8, cuda, cuda-fp16, ort-mobile"):
+    with pytest.raises(ManifestError, match="known: cpu, cpu-int8, cpu-openvino, cuda, cuda-fp16, ort-mobile"):
         load_target_manifest("gpu")
 
 

@@ -2,7 +2,8 @@
 
 Per component, the ONNX graph and the oracle's own modules get the same real inputs (taken from
 the clip's first frame): max and mean abs error per output, checked against the tolerance the
-bundle declares for its precision. End to end, the oracle's video predictor and our tracker run
+bundle declares for its precision. Graphs run on the bundle's own engine (ONNX Runtime, or
+OpenVINO for ``engine: openvino`` targets, at the precision it runs at on this machine). End to end, the oracle's video predictor and our tracker run
 on the same JPEG frames: per-frame mask IoU, box error, chosen-candidate and memory agreement.
 """
 
@@ -21,10 +22,11 @@ import torch.nn.functional as F
 from samurai_onnx.compiler.evaluate.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
 from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, bf16_step
 from samurai_onnx.runtime.bundle import Bundle, load_bundle
-from samurai_onnx.runtime.engine.onnxruntime import create_session
+from samurai_onnx.runtime.contract import contract
+from samurai_onnx.runtime.engine import Engine, create_engine
 from samurai_onnx.runtime.graphs import _pad
 from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame
-from samurai_onnx.runtime.tracker import Tracker, check_box
+from samurai_onnx.runtime.tracker import Tracker, check_box, engine_settings
 from samurai_onnx.runtime.video import open_frames
 
 
@@ -133,31 +135,46 @@ def _err(ours: np.ndarray, ref: torch.Tensor | np.ndarray, *, bf16: bool = False
     return OutputError(float(d.max()), float(d.mean()))
 
 
-def _run(bundle: Bundle, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = create_session(bundle.file(name), ("CPUExecutionProvider",))
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
+class _Graphs:
+    """Runs a bundle's graphs one call at a time on ``engine`` (the bundle's)."""
+
+    def __init__(self, bundle: Bundle, engine: Engine) -> None:
+        self.bundle, self.engine = bundle, engine
+
+    def precision(self, name: str) -> str:
+        """What ``name`` runs at here (bf16 for an fp32 graph on OpenVINO with a bf16 hint)."""
+        return self.engine.run_precision(name, self.bundle.components[name].precision)
+
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        engine = self.engine
+        spec = contract(
+            name, self.bundle.tracker.geometry, static=self.bundle.components[name].static
+        )
+        out = engine.load(self.bundle.file(name), spec).run(feeds)
+        return {k: np.array(engine.download(v)) for k, v in out.items()}
 
 
 def _component_reports(
-    bundle: Bundle, oracle: Any, frame: np.ndarray, box: tuple[float, ...]
+    graphs: _Graphs, oracle: Any, frame: np.ndarray, box: tuple[float, ...]
 ) -> list[ComponentReport]:
+    bundle = graphs.bundle
     s = bundle.tracker
     geo = s.geometry
     reports: list[ComponentReport] = []
+    _run = graphs.run
 
     def report(name: str, outputs: dict[str, OutputError]) -> None:
         info = bundle.components[name]
-        reports.append(ComponentReport(name, info.precision, info.tolerance, outputs))
+        reports.append(ComponentReport(name, graphs.precision(name), info.tolerance, outputs))
 
     image = preprocess_frame(frame, s.image_size, s.image_mean, s.image_std)
     if "preprocess" in bundle.components:  # in-graph preprocessing vs SAM 2's PIL loader
-        pre = _run(bundle, "preprocess", {"frame": frame})["image"]
+        pre = _run("preprocess", {"frame": frame})["image"]
         report("preprocess", {"image": _err(pre, image)})
     with torch.inference_mode():
         backbone = oracle.forward_image(torch.from_numpy(image))
     fpn, pos = backbone["backbone_fpn"], backbone["vision_pos_enc"]
-    enc = _run(bundle, "image_encoder", {"image": image})
+    enc = _run("image_encoder", {"image": image})
     report(
         "image_encoder",
         {
@@ -194,7 +211,6 @@ def _component_reports(
         ptr = lam * oracle.obj_ptr_proj(tokens) + (1 - lam) * oracle.no_obj_ptr
     low = s.low_res_mask_size
     dec = _run(
-        bundle,
         "mask_decoder",
         {
             "image_embed": vf.numpy(),
@@ -233,7 +249,6 @@ def _component_reports(
             mem = mem.to(torch.bfloat16).float()
     slots, ptr_slots = geo.memory_slots, geo.pointer_slots
     menc = _run(
-        bundle,
         "memory_encoder",
         {
             "vision_features": vf.numpy(),
@@ -256,22 +271,22 @@ def _component_reports(
             "ptr_pool_out": _err(menc["ptr_pool_out"][2:3], ptr[:, 3]),
         },
     )
-    reports.append(_memory_attention_report(bundle, oracle, vf, vpos, mem, mem_pos[-1], ptr[:, 3]))
+    reports.append(_memory_attention_report(graphs, oracle, vf, vpos, mem, mem_pos[-1], ptr[:, 3]))
     if "postprocess" in bundle.components:
-        reports.append(_postprocess_report(bundle, masks[0, 3].numpy(), (w, h)))
+        reports.append(_postprocess_report(graphs, masks[0, 3].numpy(), (w, h)))
     return reports
 
 
 def _postprocess_report(
-    bundle: Bundle, low_res: np.ndarray, size: tuple[int, int]
+    graphs: _Graphs, low_res: np.ndarray, size: tuple[int, int]
 ) -> ComponentReport:
     """In-graph mask upsampling and box vs the host's (SAM 2's interpolation, SAMURAI's box):
     the share of pixels that differ and the box error in pixels."""
     from samurai_onnx.runtime.preprocess import upsample_mask_logits
 
     w, h = size
-    out = _run(
-        bundle,
+    bundle = graphs.bundle
+    out = graphs.run(
         "postprocess",
         {"mask_logits": low_res[None, None].astype(np.float32), "video_size": np.array([h, w])},
     )
@@ -289,14 +304,14 @@ def _postprocess_report(
     info = bundle.components["postprocess"]
     return ComponentReport(
         "postprocess",
-        info.precision,
+        graphs.precision("postprocess"),
         info.tolerance,
         {"video_masks": OutputError(differ, differ), "video_boxes": OutputError(box_err, box_err)},
     )
 
 
 def _memory_attention_report(
-    bundle: Bundle,
+    graphs: _Graphs,
     oracle: Any,
     vf: torch.Tensor,
     vpos: torch.Tensor,
@@ -309,6 +324,7 @@ def _memory_attention_report(
     put in pool slots (out of order) for the graph."""
     from sam2.modeling.sam2_utils import get_1d_sine_pe
 
+    bundle = graphs.bundle
     s = bundle.tracker
     geo = s.geometry
     g = torch.Generator().manual_seed(0)
@@ -363,9 +379,12 @@ def _memory_attention_report(
         ptr_index=ptr_index,
         ptr_offsets=ptr_offsets.astype(np.float32),
     )
-    got = _run(bundle, "memory_attention", feeds)["conditioned_features"]
+    got = graphs.run("memory_attention", feeds)["conditioned_features"]
     return ComponentReport(
-        "memory_attention", info.precision, info.tolerance, {"conditioned_features": _err(got, ref)}
+        "memory_attention",
+        graphs.precision("memory_attention"),
+        info.tolerance,
+        {"conditioned_features": _err(got, ref)},
     )
 
 
@@ -388,7 +407,8 @@ def validate(
     size = size or bundle.model_name
     if size not in ORACLE_CONFIGS:
         raise ValueError(f"unknown model size {size!r}; use one of {', '.join(ORACLE_CONFIGS)}")
-    precisions = sorted({c.precision for c in bundle.components.values()})
+    graphs = _Graphs(bundle, create_engine(engine_settings(bundle, None, None)))
+    precisions = sorted({graphs.precision(c) for c in bundle.components})
     all_fp32 = precisions == ["fp32"]
     report = ValidationReport(
         bundle=str(bundle_dir),
@@ -408,7 +428,7 @@ def validate(
     box = check_box(box, width, height)
     overrides = dict(overrides or {})
     oracle = build_oracle(size, checkpoint, {**overrides, "fill_hole_area": 0})
-    report.components = _component_reports(bundle, oracle, clip[0], box)
+    report.components = _component_reports(graphs, oracle, clip[0], box)
     with tempfile.TemporaryDirectory(prefix="samurai-validate-") as tmp:
         import cv2
 

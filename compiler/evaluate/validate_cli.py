@@ -47,6 +47,7 @@ def validate(
     from samurai_onnx.compiler.evaluate.oracle import OracleUnavailable, reference_checkpoint
     from samurai_onnx.compiler.evaluate.validate import validate as run_validation
     from samurai_onnx.runtime.bundle import BundleError, load_bundle
+    from samurai_onnx.runtime.engine import EngineError
     from samurai_onnx.runtime.tracker import TrackerError, parse_box
     from samurai_onnx.runtime.video import VideoError
 
@@ -70,7 +71,14 @@ def validate(
             overrides=overrides,
             processing=processing,
         )
-    except (BundleError, TrackerError, VideoError, OracleUnavailable, ValueError) as exc:
+    except (
+        BundleError,
+        TrackerError,
+        VideoError,
+        OracleUnavailable,
+        EngineError,
+        ValueError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     text = report.to_markdown()

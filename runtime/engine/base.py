@@ -113,6 +113,14 @@ class Engine(ABC):
         """One line naming the engine and where it runs (logged and shown by the bench)."""
         return f"{self.name} on {self.device}"
 
+    def run_precision(self, graph: str, file_precision: str) -> str:
+        """The precision ``graph``'s arithmetic runs at here, for a file of ``file_precision``.
+
+        Why: the tolerance a graph is checked against is that of what really runs; OpenVINO
+        with a bf16 hint runs an fp32 file in bf16. Other engines run the file as it is.
+        """
+        return file_precision
+
 
 def create_engine(settings: EngineSettings) -> Engine:
     """The engine ``settings.engine`` names, set up with the settings' providers and options."""

@@ -1,0 +1,106 @@
+"""Per-graph latency of one bundle's graphs on several engines, in one process, alternating.
+
+Why: timings on a shared machine drift by tens of percent between runs, so engines are compared
+call for call: every repeat runs each engine once, in turn, on the same contract inputs (a full
+bank: 7 memories, 16 pointers, one object). Also prints each engine's max error relative to
+ONNX Runtime fp32 (max abs difference over the max abs value, worst output).
+
+    python scripts/compare_engines.py bundles/tiny-cpu --int8 bundles/tiny-cpu-int8 --threads 2
+
+Engines: ONNX Runtime fp32 (the bundle's files), ONNX Runtime int8 (``--int8``: a cpu-int8
+bundle of the same checkpoint), OpenVINO f32 and bf16 (the bundle's files; needs openvino).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine
+from samurai_onnx.runtime.bundle import load_bundle
+from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract
+from samurai_onnx.runtime.engine import EngineSettings, create_engine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path, help="an fp32 bundle (cpu or cpu-openvino target)")
+    parser.add_argument("--int8", type=Path, help="a cpu-int8 bundle of the same checkpoint")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--graphs", default=",".join(MODEL_GRAPHS))
+    parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    args = parser.parse_args()
+
+    bundle = load_bundle(args.bundle)
+    ort = create_engine(EngineSettings(threads=args.threads))
+    ov = {
+        p: create_engine(
+            EngineSettings(
+                engine="openvino",
+                threads=args.threads,
+                options={"precision": p, "cache_dir": None},
+            )
+        )
+        for p in ("f32", "bf16")
+    }
+    sides: dict[str, tuple[Any, Path]] = {"onnxruntime fp32": (ort, args.bundle)}
+    if args.int8:
+        sides["onnxruntime int8"] = (ort, args.int8)
+    sides["openvino f32"] = (ov["f32"], args.bundle)
+    sides["openvino bf16"] = (ov["bf16"], args.bundle)
+    print(f"Machine: {machine()}")
+    for name, (engine, _) in sides.items():
+        print(f"{name}: {engine.describe()}")
+    report: dict[str, dict[str, Any]] = {}
+    for graph in args.graphs.split(","):
+        spec = contract(graph, bundle.tracker.geometry)
+        feeds = contract_feeds(graph, 1, bundle.tracker, False)
+        sessions = {
+            k: (e, e.load(load_bundle(path).file(graph), spec)) for k, (e, path) in sides.items()
+        }
+        outputs = {
+            k: {o: np.asarray(e.download(v)) for o, v in s.run(feeds).items()}
+            for k, (e, s) in sessions.items()  # also the warm-up
+        }
+        ref = outputs["onnxruntime fp32"]
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(args.repeats):
+            for k, (_, s) in sessions.items():
+                t0 = time.perf_counter()
+                s.run(feeds)
+                times[k].append(time.perf_counter() - t0)
+        report[graph] = {
+            k: {
+                "median_s": float(np.median(times[k])),
+                "runs_s": [round(t, 3) for t in times[k]],
+                "max_rel_error": max(
+                    float(np.abs(outputs[k][o] - ref[o]).max() / (np.abs(ref[o]).max() or 1.0))
+                    for o in ref
+                ),
+            }
+            for k in sessions
+        }
+        print(graph, json.dumps(report[graph]), flush=True)
+    names = list(sides)
+    print()
+    print("| graph | " + " | ".join(f"{k} s" for k in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for graph, row in report.items():
+        cells = []
+        for k in names:
+            r = row[k]
+            extra = "" if k == "onnxruntime fp32" else f" (err {r['max_rel_error']:.1e})"
+            cells.append(f"{r['median_s']:.3f}{extra}")
+        print(f"| {graph} | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "graphs": report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The cpu-openvino target's "done when" on a machine with AMX, in one prepared run (2 threads for
+# every timing): compile tiny for cpu-openvino (checks in bf16 on OpenVINO), samurai-bench against
+# the PyTorch reference (--frames 20), samurai-validate on the shared clips (--frames 20),
+# scripts/compare_engines.py (ONNX Runtime fp32 vs OpenVINO f32 vs bf16, per graph), and the same
+# bundle end to end on ONNX Runtime. Results (Markdown, JSON, logs) go to $OUT.
+#
+#   bash scripts/openvino_amx_check.sh pack [python-version]   # here: build/devpayload (ignored)
+#   BUDGET=540 bash scripts/openvino_amx_check.sh run          # there: needs torch, onnx,
+#                                                              # onnxruntime, opencv, numpy, yaml
+#
+# Why a payload: the machine with AMX may have no network. `pack` downloads the openvino and
+# onnxsim wheels for that machine's Python (default 3.12), drops OpenVINO's GPU/NPU plugins and
+# unused frontends, and adds the oracle (absolutely-not-samurai and its pure-Python dependencies,
+# from this Python's site-packages) and the shared clips: ~32 MB.
+set -euo pipefail
+mode=${1:-}
+here=$(cd "$(dirname "$0")/.." && pwd)
+P=$here/build/devpayload
+
+if [ "$mode" = pack ]; then
+  pyver=${2:-3.12}
+  tmp=$(mktemp -d)
+  python -m pip download -q "openvino==2026.4.1" onnxsim --no-deps --only-binary=:all: \
+    --python-version "$pyver" --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$tmp/w"
+  mkdir -p "$tmp/site" "$P/videos"
+  for w in "$tmp"/w/*.whl; do (cd "$tmp/site" && python -m zipfile -e "$w" .); done
+  rm -rf "$tmp"/site/*.dist-info "$tmp/site/openvino/include" "$tmp/site/openvino/cmake" "$tmp/site/openvino/libs/cache.json"
+  for f in intel_gpu_plugin intel_npu_plugin tensorflow_frontend tensorflow_lite_frontend paddle_frontend pytorch_frontend jax_frontend gguf_frontend; do
+    rm -f "$tmp"/site/openvino/libs/libopenvino_${f}*
+  done
+  sp=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  for p in sam2 hydra omegaconf antlr4 iopath portalocker loguru; do cp -r "$sp/$p" "$tmp/site/"; done
+  find "$tmp/site" -name __pycache__ -prune -exec rm -rf {} +
+  tar -cJf "$P/site.tar.xz" -C "$tmp/site" .
+  cp "$here"/../shared/videos/cups.mp4 "$here"/../shared/videos/dog.mp4 "$P/videos/"
+  rm -rf "$tmp"
+  du -sh "$P"
+  exit 0
+fi
+[ "$mode" = run ] || { echo "usage: $0 pack [python-version] | run" >&2; exit 2; }
+
+OUT=${OUT:-$here/out/amx-check}
+mkdir -p "$OUT"
+T0=$(date +%s)
+DEADLINE=$((T0 + ${BUDGET:-540}))
+left() { echo $((DEADLINE - $(date +%s))); }
+log() { echo "[$(($(date +%s) - T0))s] $*" | tee -a "$OUT/log.txt"; }
+set +e
+mkdir -p /tmp/amx/site /tmp/amx/b
+tar -xJf "$P/site.tar.xz" -C /tmp/amx/site
+mkdir -p "$here/.shim/samurai_onnx"
+for d in compiler runtime manifests targets; do ln -sfn "$here/$d" "$here/.shim/samurai_onnx/$d"; done
+export PYTHONPATH=$here/.shim:/tmp/amx/site PYTHONWARNINGS=ignore
+PY=${PY:-python3}
+{ lscpu; grep -m1 flags /proc/cpuinfo; uptime
+  $PY -c "import openvino, onnxruntime, torch; print('openvino', openvino.__version__, 'onnxruntime', onnxruntime.__version__, 'torch', torch.__version__)"
+} > "$OUT/machine.txt" 2>&1
+log "$(grep -m1 'Model name' "$OUT/machine.txt"); $(tail -1 "$OUT/machine.txt")"
+CK=/tmp/amx/sam2.1_hiera_tiny.pt
+$PY -m samurai_onnx.compiler.random_checkpoint --model tiny --out $CK >> "$OUT/log.txt" 2>&1
+B=/tmp/amx/b/tiny-cpu-openvino
+timeout 300 $PY -m samurai_onnx.compiler.cli tiny --target cpu-openvino --checkpoint $CK --out $B > "$OUT/compile.txt" 2>&1
+log "compile rc=$? ($(tail -1 "$OUT/compile.txt"))"
+[ -f $B/bundle.yaml ] || { log "no bundle"; exit 1; }
+cp $B/bundle.yaml "$OUT/bundle-cpu-openvino.yaml"
+if [ "$(left)" -gt 200 ]; then
+  timeout $(($(left) - 60)) $PY -m samurai_onnx.compiler.evaluate.bench_cli $B --checkpoint $CK \
+    --frames 20 --repeats 3 --threads 2 --json "$OUT/bench-cpu-openvino.json" \
+    --markdown "$OUT/bench-cpu-openvino.md" > "$OUT/bench-cpu-openvino.txt" 2>&1
+  log "bench cpu-openvino rc=$?"
+fi
+if [ "$(left)" -gt 90 ]; then
+  for clip in "cups 574,294,162,246" "dog 450,380,250,165"; do
+    set -- $clip
+    OMP_NUM_THREADS=8 timeout $(($(left) - 20)) $PY -m samurai_onnx.compiler.evaluate.validate_cli $B \
+      "$P/videos/$1.mp4" --bbox "$2" --checkpoint $CK --frames 20 --markdown "$OUT/validate-$1.md" \
+      > "$OUT/validate-$1.txt" 2>&1 &
+  done
+  wait
+  log "validate: $(grep -h 'min IoU\|PASS\|FAIL' "$OUT"/validate-*.md 2>/dev/null | tr '\n' ' ')"
+fi
+if [ "$(left)" -gt 60 ]; then
+  timeout $(($(left) - 10)) $PY "$here/scripts/compare_engines.py" $B --threads 2 --repeats 3 \
+    --json "$OUT/compare-engines.json" > "$OUT/compare-engines.txt" 2>&1
+  log "compare_engines rc=$?"
+fi
+if [ "$(left)" -gt 100 ]; then  # the same files end to end on ONNX Runtime (the cpu target)
+  $PY - "$B" /tmp/amx/b/tiny-cpu <<'EOF' >> "$OUT/log.txt" 2>&1
+import os, shutil, sys, yaml
+from pathlib import Path
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+for f in src.iterdir():
+    if not f.name.startswith("bundle.yaml"):  # the manifest and its digest are rewritten
+        try:
+            os.link(f, dst / f.name)  # bundles refuse symlinks
+        except OSError:
+            shutil.copy2(f, dst / f.name)
+data = yaml.safe_load((src / "bundle.yaml").read_text())
+data["target"].update(name="cpu", engine="onnxruntime", engine_options={})
+(dst / "bundle.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+from samurai_onnx.runtime.bundle import seal_manifest
+seal_manifest(dst)
+EOF
+  timeout $(($(left) - 5)) $PY -m samurai_onnx.compiler.evaluate.bench_cli /tmp/amx/b/tiny-cpu \
+    --no-reference --frames 20 --repeats 3 --threads 2 --json "$OUT/bench-cpu.json" \
+    --markdown "$OUT/bench-cpu.md" > "$OUT/bench-cpu.txt" 2>&1
+  log "bench cpu (onnxruntime) rc=$?"
+fi
+log "end"
