@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from samurai_onnx.compiler.manifest import packaged_names
 from samurai_onnx.runtime.bundle import COMPONENTS
 from samurai_onnx.runtime.documents import DocumentError, one_line
 from samurai_onnx.runtime.signals import exit_code, handle_signals
@@ -36,13 +37,14 @@ def parse_components(values: list[str] | None) -> list[str]:
 def compile(
     manifest: Path = typer.Argument(
         ...,
-        help="Model manifest, e.g. manifests/base_plus.yaml (or: tiny, small, base_plus, large).",
+        help="Model manifest, e.g. manifests/base_plus.yaml "
+        f"(or: {', '.join(packaged_names('manifests'))}).",
     ),
     target: str = typer.Option(
         "cpu",
         "--target",
         "-t",
-        help="Target manifest: cpu, cpu-int8, cuda-fp16, tensorrt, ort-mobile, or a path to one.",
+        help=f"Target manifest: {', '.join(packaged_names('targets'))}, or a path to one.",
     ),
     checkpoint: Path | None = typer.Option(
         None,

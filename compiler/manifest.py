@@ -350,9 +350,15 @@ def _locate(path: str | Path, folder: str) -> Path:
     candidate = Path(str(packaged))
     if candidate.is_file():
         return candidate
-    names = sorted(
+    raise ManifestError(
+        f"{path!s}: no such {folder[:-1]}; known: {', '.join(packaged_names(folder))}"
+    )
+
+
+def packaged_names(folder: str) -> list[str]:
+    """Names of the packaged manifests of ``folder`` (``manifests`` or ``targets``), for help texts."""
+    return sorted(
         Path(str(f)).stem
         for f in resources.files(f"samurai_onnx.{folder}").iterdir()
         if str(f).endswith(".yaml")
     )
-    raise ManifestError(f"{path!s}: no such {folder[:-1]}; known: {', '.join(names)}")
