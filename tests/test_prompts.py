@@ -14,11 +14,12 @@ Kalman-weighted choice runs within these short clips.
 from __future__ import annotations
 
 import re
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_oracle, synthetic_frames, write_frames
+from conftest import SHARED_VIDEOS, requires_oracle, synthetic_frames, write_frames
 
 from samurai_onnx.compiler.evaluate.oracle import OracleFrame, build_oracle, run_oracle
 from samurai_onnx.runtime.tracker import Prompt, Tracker, TrackerError
@@ -211,3 +212,29 @@ def test_prompt_errors(tiny_bundle: Path) -> None:
         assert "\n" not in str(info.value)
     with pytest.raises(TrackerError, match="one prompt per object"):
         list(tracker.track(frames, prompts=[Prompt(0, 0, box=(1, 1, 5, 5))] * 2))
+
+
+@pytest.mark.skipif(not (SHARED_VIDEOS / "cups.mp4").is_file(), reason="../shared/videos is absent")
+def test_prompts_on_a_shared_clip(
+    tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A real clip (cups.mp4, 1280x720): object 0 a box on frame 0 (the red cup), object 1 one
+    positive click on frame 1 (the small cup's centre): each equals its oracle on the clip from
+    its prompted frame, both tracked in one batch."""
+    n = 4
+    with open_frames(SHARED_VIDEOS / "cups.mp4") as src:
+        raw = list(islice(src, n))
+    write_frames(raw, tmp_path / "from0")
+    write_frames(raw[1:], tmp_path / "from1")  # the same JPEG files as frames 1.. of from0
+    with open_frames(tmp_path / "from0") as source:
+        frames = list(source)
+    cup, click = (574.0, 294.0, 162.0, 246.0), (401.0, 462.0)
+    tracker = Tracker(
+        tiny_bundle, num_frames=n, overrides=OVERRIDES, processing="host", fill_hole_area=0
+    )
+    prompts = [Prompt(0, 0, box=cup), Prompt(1, 1, points=(click,), labels=(1,))]
+    ours = _run_ours(tracker, frames, prompts)
+    assert [sorted(r) for r in ours] == [[0], [0, 1], [0, 1], [0, 1]]
+    _assert_same(ours, _oracle(tiny_checkpoint, tmp_path / "from0", box=cup), 0, 0)
+    ref1 = _oracle(tiny_checkpoint, tmp_path / "from1", points=[click], labels=[1])
+    _assert_same(ours, ref1, 1, 1)
