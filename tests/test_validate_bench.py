@@ -107,3 +107,27 @@ def test_bench_times_the_full_bank(frames: int, first: int) -> None:
     from samurai_onnx.runtime.bundle import TrackerSettings
 
     assert steady_from(frames, TrackerSettings()) == first
+
+
+def test_bench_compares_n_objects_with_n_reference_runs() -> None:
+    """SAMURAI's PyTorch predictor tracks one object, so N objects on the reference side are N
+    one-object runs: the speed-up for 3 objects is 3 x its 1-object time over ours."""
+    from samurai_onnx.compiler.evaluate.bench import to_markdown
+
+    def e2e(s: float) -> dict[str, object]:
+        return {"seconds_per_frame": s, "graph_seconds_per_frame": None,
+                "host_seconds_per_frame": None, "frames_timed": 4}  # fmt: skip
+
+    report = {
+        "machine": "m", "args": {"bundle": "b", "device": "cpu"},
+        "sides": {
+            "onnx": {"engine": "ort", "components": {}, "peak_rss_mb": 1.0,
+                     "end_to_end": {"1": e2e(2.0), "3": e2e(3.0)}, "unbatched": {}},
+            "pytorch": {"engine": "torch", "components": {}, "peak_rss_mb": 1.0,
+                        "end_to_end": {"1": e2e(5.0)}, "unbatched": {}},
+        },
+    }  # fmt: skip
+    md = to_markdown(report)
+    assert "| onnx | 1 | 2.0000 | - | - | 2.50x |" in md
+    assert "| onnx | 3 | 3.0000 | - | - | 5.00x (vs 3 runs) |" in md
+    assert "N x its 1-object s / frame" in md

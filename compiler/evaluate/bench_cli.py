@@ -60,7 +60,8 @@ def bench(
         "1",
         "--objects",
         help="Object counts for the end-to-end timing, e.g. 1,3,8 (counts above 1 are also timed "
-        "with every object in its own pass, to show what batching saves).",
+        "with every object in its own pass, to show what batching saves; the PyTorch reference "
+        "tracks one object per predictor, so its N objects are N one-object runs).",
     ),
     processing: str | None = typer.Option(
         None,
