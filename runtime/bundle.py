@@ -130,15 +130,7 @@ class TrackerSettings:
     @property
     def geometry(self) -> Geometry:
         """The model sizes the graph contract depends on."""
-        return Geometry(
-            image_size=self.image_size,
-            d_model=self.d_model,
-            mem_dim=self.mem_dim,
-            feat_size=self.feat_size,
-            low_res_mask_size=self.low_res_mask_size,
-            num_maskmem=self.num_maskmem,
-            max_obj_ptrs_in_encoder=self.max_obj_ptrs_in_encoder,
-        )
+        return Geometry(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Geometry)})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "tracker") -> TrackerSettings:
@@ -178,16 +170,7 @@ _DEFAULT_SETTINGS: dict[str, Any] = {f.name: f.default for f in dataclasses.fiel
 # Set by the model (and the static graph's slots): never changed at run time.
 # The settings that follow from the model (and the target's memory shape): a manifest may not set
 # them under tracker: (they could only contradict the model), nor may a run override them.
-GEOMETRY_SETTINGS = (
-    "image_size",
-    "d_model",
-    "mem_dim",
-    "feat_size",
-    "low_res_mask_size",
-    "num_maskmem",
-    "max_obj_ptrs_in_encoder",
-    "memory_shape",
-)
+GEOMETRY_SETTINGS = (*(f.name for f in dataclasses.fields(Geometry)), "memory_shape")
 MODEL_SETTINGS = frozenset(
     {
         *GEOMETRY_SETTINGS,
