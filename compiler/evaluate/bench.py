@@ -231,7 +231,9 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
             ),
         }  # fmt: skip
         for name, fn in calls.items():
-            if name == "image_encoder" and b > 1:
+            if b > 1 and name in ("image_encoder", "mask_decoder"):
+                # one image per frame; SAMURAI's heads hold one object's Kalman state (its
+                # candidate choice fails on a batch), so the reference decodes one object a call
                 continue
             oracle.kf_mean = oracle.kf_covariance = None
             oracle.stable_frames = 0
