@@ -144,6 +144,7 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
         num_frames=len(frames),
         overrides=FULL_BANK,
         processing=args.get("processing"),
+        fill_hole_area=0,  # as the reference side: the IoU compares models, not hole filling
     )
     res = SideResult("onnx", engine=tracker.engine.describe())
     for name, session in tracker.graphs.sessions.items():
