@@ -92,20 +92,41 @@ def contract_feeds(name: str, b: int, settings: Any, static: bool) -> dict[str, 
     return example_feeds(contract(name, geo, static=static), geo, dims)
 
 
-def _frames(video: str | None, n: int) -> list[np.ndarray]:
+def _clip_jpegs(video: str | None, n: int) -> list[bytes]:
+    """The clip as JPEG files, as both sides see it: the reference reads a folder of JPEGs (SAM
+    2's video predictor) and the bundle side tracks the same files decoded, so the IoU column
+    compares the models, not a codec."""
+    import cv2
+
     from samurai_onnx.runtime.video import open_frames
 
     if video is None:
         from samurai_onnx.compiler.evaluate.synthetic import synthetic_frames
 
-        return synthetic_frames(n)
-    frames = []
-    with open_frames(video) as src:
-        for f in src:
-            frames.append(f)
-            if len(frames) == n:
-                break
-    return frames
+        raw = synthetic_frames(n)
+    else:
+        raw = []
+        with open_frames(video) as src:
+            for f in src:
+                raw.append(f)
+                if len(raw) == n:
+                    break
+    out = []
+    for f in raw:
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError("could not encode a frame as JPEG")
+        out.append(data.tobytes())
+    return out
+
+
+def _decode(jpeg: bytes) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise RuntimeError("could not decode a JPEG frame")
+    return np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
 def object_boxes(first: list[float], n: int, width: int, height: int) -> list[list[float]]:
@@ -135,7 +156,7 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
     from samurai_onnx.runtime.tracker import Tracker
 
     bundle = load_bundle(args["bundle"])
-    frames = _frames(args.get("video"), args["frames"])
+    frames = [_decode(j) for j in _clip_jpegs(args.get("video"), args["frames"])]
     height, width = frames[0].shape[:2]
     tracker = Tracker(
         bundle,
@@ -178,7 +199,6 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
 
 
 def run_torch_side(args: dict[str, Any]) -> SideResult:
-    import cv2
     import torch
 
     from samurai_onnx.compiler.evaluate.oracle import build_oracle
@@ -244,12 +264,12 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
                     return fn()
 
             res.components.setdefault(name, {})[b] = _time(call, args["repeats"], sync)
-    frames = _frames(args.get("video"), args["frames"])
-    height, width = frames[0].shape[:2]
+    jpegs = _clip_jpegs(args.get("video"), args["frames"])
+    height, width = _decode(jpegs[0]).shape[:2]
     masks: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, f in enumerate(frames):
-            cv2.imwrite(str(Path(tmp) / f"{i:05d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+        for i, data in enumerate(jpegs):
+            (Path(tmp) / f"{i:05d}.jpg").write_bytes(data)
         # SAMURAI's PyTorch code tracks one object per predictor (its Kalman state lives on the
         # model), so the reference end to end is one object; N objects there are N such runs.
         for count in [1]:
