@@ -9,6 +9,8 @@
 # usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]
 #   VIDEO defaults to a 1280x720 synthetic clip; FRAMES (default 40) frames, steady state from 16.
 #   DEVICE=cpu runs the same steps on the CPU (a dry run of the script; slow).
+#   WORK (default OUT_DIR/work) holds the checkpoint, clip and bundles; REPEATS (default 10) timed
+#   runs per graph; TARGETS (default "cuda-fp16 cuda") the bundles, in that order.
 set -euo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]}
 VIDEO=${2:-}
@@ -16,22 +18,25 @@ DEVICE=${DEVICE:-cuda}
 FRAMES=${FRAMES:-40}
 OBJECTS=${OBJECTS:-1,4}
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT/work"
-CKPT="$OUT/work/sam2.1_hiera_tiny.pt"
+WORK=${WORK:-$OUT/work}
+REPEATS=${REPEATS:-10}
+TARGETS=${TARGETS:-cuda-fp16 cuda}
+mkdir -p "$OUT" "$WORK"
+CKPT="$WORK/sam2.1_hiera_tiny.pt"
 [ -f "$CKPT" ] || python3 -m samurai_onnx.compiler.random_checkpoint --model tiny --out "$CKPT"
 BOX=${BOX:-}
 if [ -z "$VIDEO" ]; then
-  VIDEO="$OUT/work/synthetic_720p.mp4"
+  VIDEO="$WORK/synthetic_720p.mp4"
   BOX=$(python3 scripts/make_synthetic_video.py "$VIDEO" --frames "$FRAMES" --width 1280 --height 720)
 fi
 BOX=${BOX:?give the first-frame box of VIDEO as BOX=x,y,w,h}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
-for target in cuda cuda-fp16; do
-  samurai-compile tiny --target "$target" --checkpoint "$CKPT" --out "$OUT/work/tiny-$target" \
-    >"$OUT/work/compile-$target.log" 2>&1 || { cat "$OUT/work/compile-$target.log"; exit 1; }
-  samurai-bench "$OUT/work/tiny-$target" --device "$DEVICE" --checkpoint "$CKPT" \
+for target in $TARGETS; do
+  samurai-compile tiny --target "$target" --checkpoint "$CKPT" --out "$WORK/tiny-$target" \
+    >"$WORK/compile-$target.log" 2>&1 || { cat "$WORK/compile-$target.log"; exit 1; }
+  samurai-bench "$WORK/tiny-$target" --device "$DEVICE" --checkpoint "$CKPT" \
     --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
-    --batch-sizes 1,4 --repeats 10 \
+    --batch-sizes 1,4 --repeats "$REPEATS" \
     --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"
 done
 echo "results in $OUT: bench-cuda.md, bench-cuda-fp16.md (+ .json), gpu.txt"
