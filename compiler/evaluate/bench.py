@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +106,8 @@ def _clip_jpegs(video: str | None, n: int) -> list[bytes]:
 
         raw = synthetic_frames(n)
     else:
-        raw = []
         with open_frames(video) as src:
-            for f in src:
-                raw.append(f)
-                if len(raw) == n:
-                    break
+            raw = list(islice(src, n))
     out = []
     for f in raw:
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
@@ -265,32 +262,27 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
 
             res.components.setdefault(name, {})[b] = _time(call, args["repeats"], sync)
     jpegs = _clip_jpegs(args.get("video"), args["frames"])
-    height, width = _decode(jpegs[0]).shape[:2]
     masks: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, data in enumerate(jpegs):
             (Path(tmp) / f"{i:05d}.jpg").write_bytes(data)
         # SAMURAI's PyTorch code tracks one object per predictor (its Kalman state lives on the
         # model), so the reference end to end is one object; N objects there are N such runs.
-        for count in [1]:
-            oracle.kf_mean = oracle.kf_covariance = None
-            oracle.stable_frames = 0
-            with torch.inference_mode(), ctx():
-                state = oracle.init_state(tmp)
-                for k, (x, y, w, h) in enumerate(object_boxes(args["box"], count, width, height)):
-                    oracle.add_new_points_or_box(
-                        state, frame_idx=0, obj_id=k + 1, box=[x, y, x + w, y + h]
-                    )
+        oracle.kf_mean = oracle.kf_covariance = None
+        oracle.stable_frames = 0
+        x, y, w, h = args["box"]
+        with torch.inference_mode(), ctx():
+            state = oracle.init_state(tmp)
+            oracle.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=[x, y, x + w, y + h])
+            sync()
+            t0 = time.perf_counter()
+            times = []
+            for idx, _, out in oracle.propagate_in_video(state):
                 sync()
+                times.append(time.perf_counter() - t0)
+                masks[f"f{idx}"] = np.packbits((out[0, 0] > 0).cpu().numpy())
                 t0 = time.perf_counter()
-                times = []
-                for idx, _, out in oracle.propagate_in_video(state):
-                    sync()
-                    times.append(time.perf_counter() - t0)
-                    if count == 1:
-                        masks[f"f{idx}"] = np.packbits((out[0, 0] > 0).cpu().numpy())
-                    t0 = time.perf_counter()
-            res.end_to_end[count] = _steady(times, None, args["steady_from"])
+        res.end_to_end[1] = _steady(times, None, args["steady_from"])
     res.masks_file = _save_masks(args, side, masks)
     res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
