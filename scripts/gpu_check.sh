@@ -10,7 +10,10 @@
 #   VIDEO defaults to a 1280x720 synthetic clip; FRAMES (default 40) frames, steady state from 16.
 #   DEVICE=cpu runs the same steps on the CPU (a dry run of the script; slow).
 #   WORK (default OUT_DIR/work) holds the checkpoint, clip and bundles; REPEATS (default 10) timed
-#   runs per graph; TARGETS (default "cuda-fp16 cuda") the bundles, in that order.
+#   runs per graph; TARGETS (default "cuda-fp16 cuda") the bundles, in that order; STEPS
+#   (default "bench diagnose") what runs per bundle: samurai-bench, and scripts/gpu_diagnose.py
+#   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
+#   depthwise convolutions, profiler top nodes, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
 set -euo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]}
 VIDEO=${2:-}
@@ -21,6 +24,7 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-$OUT/work}
 REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
+STEPS=${STEPS:-bench diagnose}
 mkdir -p "$OUT" "$WORK"
 CKPT="$WORK/sam2.1_hiera_tiny.pt"
 [ -f "$CKPT" ] || python3 -m samurai_onnx.compiler.random_checkpoint --model tiny --out "$CKPT"
@@ -34,9 +38,16 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"
 for target in $TARGETS; do
   samurai-compile tiny --target "$target" --checkpoint "$CKPT" --out "$WORK/tiny-$target" \
     >"$WORK/compile-$target.log" 2>&1 || { cat "$WORK/compile-$target.log"; exit 1; }
-  samurai-bench "$WORK/tiny-$target" --device "$DEVICE" --checkpoint "$CKPT" \
-    --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
-    --batch-sizes 1,4 --repeats "$REPEATS" \
-    --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"
+  if [[ " $STEPS " == *" bench "* ]]; then
+    samurai-bench "$WORK/tiny-$target" --device "$DEVICE" --checkpoint "$CKPT" \
+      --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
+      --batch-sizes 1,4 --repeats "$REPEATS" \
+      --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"
+  fi
+  if [[ " $STEPS " == *" diagnose "* ]]; then
+    python3 scripts/gpu_diagnose.py "$WORK/tiny-$target" --out "$OUT/diag-$target" \
+      --device "$DEVICE" --repeats "$REPEATS" --frames 10 ||
+      echo "gpu_diagnose.py failed for $target (see above)"
+  fi
 done
-echo "results in $OUT: bench-cuda.md, bench-cuda-fp16.md (+ .json), gpu.txt"
+echo "results in $OUT: bench-TARGET.md (+ .json), diag-TARGET/diagnose.md (+ .json), gpu.txt"

@@ -1,0 +1,303 @@
+"""Where a bundle's graphs differ between the CPU and a GPU provider, and where their GPU time goes.
+
+Why: on an H100 the fp32 ``cuda`` bundle tracked at per-frame IoU 0.9905 against the fp32
+reference while the fp16 bundle and PyTorch's fp16 autocast both stayed at 0.9999, and the
+memory encoder took 9.5-11.8 ms against PyTorch's 2 ms. This script answers both questions in
+one run, so that one lent GPU session is enough:
+
+1. parity: every graph on the contract's inputs (full bank, one object), CPU provider vs the
+   bundle's device providers (with the target's options), max error relative to the largest
+   value per output; the same with ONNX Runtime's graph optimizations off on the device (is a
+   fusion the cause?); for a graph over ``--tolerance``, the first nodes whose outputs differ;
+2. end to end: the bundle tracking ``--frames`` synthetic frames on the CPU and on the device,
+   per-frame mask IoU between the two (does the device path alone lose accuracy?);
+3. time: per graph median ms with the target's options, with ``prefer_nhwc``, with CUDA graphs
+   (``enable_cuda_graph``: fixed shapes and addresses), and for the memory encoder with its
+   depthwise convolutions made dense (``compiler/passes/depthwise.py``); the profiler's top
+   nodes and op types per graph.
+
+    python scripts/gpu_diagnose.py /tmp/gw/tiny-cuda --out out/diag [--device cuda]
+
+Writes ``diagnose.json`` and ``diagnose.md`` under ``--out``. ``--device cpu`` runs every step on
+the CPU (a dry run: the parity is then trivially exact and CUDA graphs are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine
+from samurai_onnx.compiler.passes.depthwise import densify_depthwise
+from samurai_onnx.runtime.bundle import load_bundle
+from samurai_onnx.runtime.contract import GRAPHS
+from samurai_onnx.runtime.engine.onnxruntime import providers_for_device, session_options
+
+log = logging.getLogger("gpu_diagnose")
+
+
+def _providers(bundle: Any, device: str, extra: dict[str, Any] | None = None) -> list[Any]:
+    pairs = providers_for_device(
+        device,
+        tuple(bundle.target.get("providers") or ("CPUExecutionProvider",)),
+        bundle.target.get("provider_options") or {},
+    )
+    out = []
+    for name, opts in pairs:
+        opts = {k: str(v) for k, v in opts.items()}
+        if extra and name == "CUDAExecutionProvider":
+            opts.update({k: str(v) for k, v in extra.items()})
+        out.append((name, opts))
+    return out
+
+
+def _session(
+    model: str | bytes, providers: list[Any], *, optimize: bool = True, profile: str | None = None
+) -> ort.InferenceSession:
+    opts = session_options(profile_prefix=profile)
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(
+        model, sess_options=opts, providers=[p for p, _ in providers],
+        provider_options=[o for _, o in providers],
+    )  # fmt: skip
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    scale = max(float(np.max(np.abs(a))) if a.size else 0.0, 1e-12)
+    return float(np.max(np.abs(a - b))) / scale if a.size else 0.0
+
+
+def _errors(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> dict[str, float]:
+    return {n: _rel(r, g) for n, r, g in zip(names, ref, got, strict=True)}
+
+
+def _with_node_outputs(path: Path) -> tuple[bytes, list[str]]:
+    """The model with every node output exposed as a graph output (for node-level parity)."""
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    known = {o.name for o in model.graph.output}
+    added = []
+    for node in model.graph.node:
+        for name in node.output:
+            # float outputs only (bfloat16 has no numpy type); untyped ones (contrib ops) are
+            # float in these graphs
+            if name and name not in known and types.get(name, onnx.TensorProto.FLOAT) in floats:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+                known.add(name)
+                added.append(name)
+    return model.SerializeToString(), added
+
+
+def parity(path: Path, feeds: dict[str, np.ndarray], dev: list[Any], tol: float) -> dict[str, Any]:
+    cpu = _session(str(path), [("CPUExecutionProvider", {})])
+    names = [o.name for o in cpu.get_outputs()]
+    ref = cpu.run(None, feeds)
+    out: dict[str, Any] = {
+        "optimized": _errors(ref, _session(str(path), dev).run(None, feeds), names),
+        "unoptimized": _errors(ref, _session(str(path), dev, optimize=False).run(None, feeds), names),
+    }  # fmt: skip
+    if max(out["optimized"].values()) > tol:
+        data, _ = _with_node_outputs(path)
+        a = _session(data, [("CPUExecutionProvider", {})], optimize=False)
+        b = _session(data, dev, optimize=False)
+        all_names = [o.name for o in a.get_outputs()]
+        ra, rb = a.run(None, feeds), b.run(None, feeds)
+        op = {o: n.op_type for n in onnx.load(str(path)).graph.node for o in n.output}
+        nodes = [
+            {"output": n, "op": op.get(n, "?"), "rel_error": _rel(x, y)}
+            for n, x, y in zip(all_names, ra, rb, strict=True)
+            if np.asarray(x).dtype.kind == "f"
+        ]
+        out["first_nodes_over_tolerance"] = [d for d in nodes if d["rel_error"] > tol][:15]
+        out["worst_nodes"] = sorted(nodes, key=lambda d: -d["rel_error"])[:15]
+    return out
+
+
+def timing(
+    model: str | bytes, feeds: dict[str, np.ndarray], providers: list[Any], repeats: int,
+    device: str, *, cuda_graph: bool = False,
+) -> float:  # fmt: skip
+    """Median ms of ``run_with_iobinding`` with inputs and outputs resident on ``device``."""
+    sess = _session(model, providers)
+    kind = "cuda" if device == "cuda" else "cpu"
+    inputs = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), kind, 0)
+              for k, v in feeds.items()}  # fmt: skip
+    first = sess.run(None, feeds)
+    outs = {o.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), kind, 0)
+            for o, v in zip(sess.get_outputs(), first, strict=True)}  # fmt: skip
+    binding = sess.io_binding()
+    for k, v in inputs.items():
+        binding.bind_ortvalue_input(k, v)
+    for k, v in outs.items():
+        binding.bind_ortvalue_output(k, v)
+    for _ in range(3 if cuda_graph else 1):  # CUDA graphs: the first runs capture
+        sess.run_with_iobinding(binding)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
+
+
+def profile(
+    path: Path, feeds: dict[str, np.ndarray], providers: list[Any], out: Path
+) -> dict[str, Any]:
+    sess = _session(str(path), providers, profile=str(out / f"profile-{path.stem}"))
+    for _ in range(6):
+        sess.run(None, feeds)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: dict[str, float] = defaultdict(float)
+    by_node: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            by_op[op] += e["dur"] / 6e3
+            by_node[f"{e['name'][: -len('_kernel_time')]} ({op})"] += e["dur"] / 6e3
+    top = lambda d: sorted(([k, round(v, 4)] for k, v in d.items()), key=lambda kv: -kv[1])[:12]  # noqa: E731
+    return {"ms_per_run_by_op": top(by_op), "ms_per_run_by_node": top(by_node)}
+
+
+def end_to_end(bundle_path: Path, device: str, frames: int) -> dict[str, Any]:
+    from samurai_onnx.compiler.evaluate.bench import FULL_BANK
+    from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_frames
+    from samurai_onnx.runtime.tracker import Tracker
+
+    clip = synthetic_frames(frames)
+    box = list(synthetic_box())
+    masks = {}
+    for dev in ("cpu", device):
+        bundle = load_bundle(bundle_path)
+        tracker = Tracker(bundle, device=dev, num_frames=frames, overrides=FULL_BANK)
+        got = [tracker.start(clip[0], [box])[0].mask]
+        got += [tracker.step(f)[0].mask for f in clip[1:]]
+        masks[dev] = got
+    ious = []
+    for a, b in zip(masks["cpu"], masks[device], strict=True):
+        union = np.logical_or(a, b).sum()
+        ious.append(float(np.logical_and(a, b).sum() / union) if union else 1.0)
+    return {"iou_cpu_vs_device": [round(x, 6) for x in ious], "min": min(ious)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=10, help="end-to-end frames (0: skip)")
+    parser.add_argument("--graphs", default=",".join(GRAPHS))
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="relative error that counts")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(args.bundle)
+    dev = _providers(bundle, args.device)
+    report: dict[str, Any] = {"machine": machine(), "onnxruntime": ort.__version__,
+                              "bundle": str(args.bundle), "providers": dev, "graphs": {}}  # fmt: skip
+    for name in [g for g in args.graphs.split(",") if g in bundle.components]:
+        path = bundle.file(name)
+        feeds = contract_feeds(name, 1, bundle.tracker, bundle.static_memory)
+        entry: dict[str, Any] = {"parity": parity(path, feeds, dev, args.tolerance)}
+        variants: dict[str, tuple[str | bytes, list[Any], bool]] = {
+            "target": (str(path), dev, False)
+        }
+        if args.device == "cuda":
+            variants["prefer_nhwc"] = (
+                str(path),
+                _providers(bundle, "cuda", {"prefer_nhwc": 1}),
+                False,
+            )
+            variants["cuda_graph"] = (
+                str(path),
+                _providers(bundle, "cuda", {"enable_cuda_graph": 1}),
+                True,
+            )
+        if name == "memory_encoder":
+            model = onnx.load(str(path))
+            if densify_depthwise(model):
+                dense = model.SerializeToString()
+                ref = _session(str(path), [("CPUExecutionProvider", {})]).run(None, feeds)
+                got = _session(dense, [("CPUExecutionProvider", {})]).run(None, feeds)
+                entry["dense_depthwise_cpu_error"] = max(
+                    _errors(ref, got, list(map(str, range(len(ref))))).values()
+                )
+                variants["dense_depthwise"] = (dense, dev, False)
+                if args.device == "cuda":
+                    variants["dense_depthwise+prefer_nhwc"] = (
+                        dense,
+                        _providers(bundle, "cuda", {"prefer_nhwc": 1}),
+                        False,
+                    )
+        entry["ms"] = {}
+        for key, (model_or_path, providers, graph_mode) in variants.items():
+            try:
+                entry["ms"][key] = round(
+                    timing(
+                        model_or_path,
+                        feeds,
+                        providers,
+                        args.repeats,
+                        args.device,
+                        cuda_graph=graph_mode,
+                    ),
+                    3,
+                )
+            except Exception as exc:  # a variant the provider refuses is a result too
+                entry["ms"][key] = f"failed: {str(exc).strip().splitlines()[0][:200]}"
+        entry["profile"] = profile(path, feeds, dev, args.out)
+        report["graphs"][name] = entry
+        log.info(
+            "%s: %s", name, json.dumps({"ms": entry["ms"], "parity": entry["parity"]["optimized"]})
+        )
+    if args.frames:
+        report["end_to_end"] = end_to_end(args.bundle, args.device, args.frames)
+        log.info("end to end: %s", report["end_to_end"])
+    (args.out / "diagnose.json").write_text(json.dumps(report, indent=1))
+    (args.out / "diagnose.md").write_text(to_markdown(report))
+    log.info("wrote %s", args.out / "diagnose.md")
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"Machine: {report['machine']}; onnxruntime {report['onnxruntime']}",
+             f"Bundle `{report['bundle']}`, providers {report['providers']}", "",
+             "| graph | max rel. error device vs CPU (optimized / unoptimized) | ms per variant |",
+             "|---|---|---|"]  # fmt: skip
+    for name, e in report["graphs"].items():
+        p = e["parity"]
+        err = f"{max(p['optimized'].values()):.2e} / {max(p['unoptimized'].values()):.2e}"
+        ms = ", ".join(f"{k} {v}" for k, v in e["ms"].items())
+        lines.append(f"| {name} | {err} | {ms} |")
+    for name, e in report["graphs"].items():
+        lines += ["", f"### {name}", "", f"- top ops (ms/run): {e['profile']['ms_per_run_by_op'][:8]}",
+                  f"- top nodes (ms/run): {e['profile']['ms_per_run_by_node'][:8]}"]  # fmt: skip
+        for key in ("first_nodes_over_tolerance", "worst_nodes"):
+            if key in e["parity"]:
+                lines.append(f"- {key}: {e['parity'][key][:8]}")
+        if "dense_depthwise_cpu_error" in e:
+            lines.append(
+                f"- dense depthwise vs original on the CPU: {e['dense_depthwise_cpu_error']:.2e}"
+            )
+    if "end_to_end" in report:
+        lines += ["", f"End to end, per-frame mask IoU CPU vs device: {report['end_to_end']}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
