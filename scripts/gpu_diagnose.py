@@ -203,12 +203,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--frames", type=int, default=10, help="end-to-end frames (0: skip)")
     parser.add_argument("--graphs", default=",".join(GRAPHS))
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="relative error that counts")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="relative error that counts (default 1e-3 for fp32 bundles, 2e-2 for fp16 ones)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(args.bundle)
     dev = _providers(bundle, args.device)
+    if args.tolerance is None:
+        args.tolerance = 1e-3 if bundle.target.get("precision", "fp32") == "fp32" else 2e-2
     report: dict[str, Any] = {"machine": machine(), "onnxruntime": ort.__version__,
                               "bundle": str(args.bundle), "providers": dev, "graphs": {}}  # fmt: skip
     for name in [g for g in args.graphs.split(",") if g in bundle.components]:
