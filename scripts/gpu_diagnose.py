@@ -103,6 +103,20 @@ def _with_node_outputs(path: Path) -> tuple[bytes, list[str]]:
     return model.SerializeToString(), added
 
 
+def _static(model: str | bytes, feeds: dict[str, np.ndarray]) -> bytes:
+    """``model`` with its inputs fixed to the feeds' shapes and onnxsim's folding run: what a
+    fixed-shape target would build (CUDA graphs need every node on the GPU, and the dynamic
+    graphs' shape arithmetic runs on the CPU)."""
+    import onnxsim
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    shapes = {k: list(v.shape) for k, v in feeds.items()}
+    simplified, ok = onnxsim.simplify(proto, overwrite_input_shapes=shapes)
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the static graph")
+    return simplified.SerializeToString()
+
+
 def parity(path: Path, feeds: dict[str, np.ndarray], dev: list[Any], tol: float) -> dict[str, Any]:
     cpu = _session(str(path), [("CPUExecutionProvider", {})])
     names = [o.name for o in cpu.get_outputs()]
@@ -221,36 +235,32 @@ def main() -> None:
         path = bundle.file(name)
         feeds = contract_feeds(name, 1, bundle.tracker, bundle.static_memory)
         entry: dict[str, Any] = {"parity": parity(path, feeds, dev, args.tolerance)}
-        variants: dict[str, tuple[str | bytes, list[Any], bool]] = {
-            "target": (str(path), dev, False)
-        }
-        if args.device == "cuda":
-            variants["prefer_nhwc"] = (
-                str(path),
-                _providers(bundle, "cuda", {"prefer_nhwc": 1}),
-                False,
-            )
-            variants["cuda_graph"] = (
-                str(path),
-                _providers(bundle, "cuda", {"enable_cuda_graph": 1}),
-                True,
-            )
+        models: dict[str, str | bytes] = {"": str(path)}
+        cpu: list[Any] = [("CPUExecutionProvider", {})]
+        ref = _session(str(path), cpu).run(None, feeds)
+        outs = [o.name for o in _session(str(path), cpu).get_outputs()]
         if name == "memory_encoder":
             model = onnx.load(str(path))
             if densify_depthwise(model):
-                dense = model.SerializeToString()
-                ref = _session(str(path), [("CPUExecutionProvider", {})]).run(None, feeds)
-                got = _session(dense, [("CPUExecutionProvider", {})]).run(None, feeds)
-                entry["dense_depthwise_cpu_error"] = max(
-                    _errors(ref, got, list(map(str, range(len(ref))))).values()
-                )
-                variants["dense_depthwise"] = (dense, dev, False)
-                if args.device == "cuda":
-                    variants["dense_depthwise+prefer_nhwc"] = (
-                        dense,
-                        _providers(bundle, "cuda", {"prefer_nhwc": 1}),
-                        False,
-                    )
+                models["dense_depthwise"] = model.SerializeToString()
+        for key in list(models):
+            try:  # the graph specialised to these shapes: shape arithmetic folded away
+                models[f"{key}+static" if key else "static"] = _static(models[key], feeds)
+            except Exception as exc:
+                entry[f"{key or 'target'}_static_failed"] = str(exc).strip().splitlines()[0][:200]
+        for key, model_or_path in models.items():
+            if key:  # every variant computes the bundle's numbers (relative error on the CPU)
+                got = _session(model_or_path, cpu).run(None, feeds)
+                entry[f"{key}_cpu_error"] = max(_errors(ref, got, outs).values())
+        variants: dict[str, tuple[str | bytes, list[Any], bool]] = {}
+        for key, model_or_path in models.items():
+            label = key or "target"
+            variants[label] = (model_or_path, dev, False)
+            if args.device == "cuda":
+                nhwc = _providers(bundle, "cuda", {"prefer_nhwc": 1})
+                graph = _providers(bundle, "cuda", {"enable_cuda_graph": 1})
+                variants[f"{label}+prefer_nhwc"] = (model_or_path, nhwc, False)
+                variants[f"{label}+cuda_graph"] = (model_or_path, graph, True)
         entry["ms"] = {}
         for key, (model_or_path, providers, graph_mode) in variants.items():
             try:
@@ -296,10 +306,13 @@ def to_markdown(report: dict[str, Any]) -> str:
         for key in ("first_nodes_over_tolerance", "worst_nodes"):
             if key in e["parity"]:
                 lines.append(f"- {key}: {e['parity'][key][:8]}")
-        if "dense_depthwise_cpu_error" in e:
-            lines.append(
-                f"- dense depthwise vs original on the CPU: {e['dense_depthwise_cpu_error']:.2e}"
-            )
+        for key, value in e.items():
+            if key.endswith("_cpu_error"):
+                lines.append(
+                    f"- {key[: -len('_cpu_error')]} vs the bundle's graph on the CPU: {value:.2e}"
+                )
+            elif key.endswith("_static_failed"):
+                lines.append(f"- {key}: {value}")
     if "end_to_end" in report:
         lines += ["", f"End to end, per-frame mask IoU CPU vs device: {report['end_to_end']}"]
     return "\n".join(lines) + "\n"

@@ -29,9 +29,13 @@ def test_dry_run_reports_parity_timing_profile_and_tracking(
     assert enc["parity"]["worst_nodes"] and all(
         n["rel_error"] == 0.0 for n in enc["parity"]["worst_nodes"]
     )
-    # the dense rewrite of the fuser's depthwise convolutions gives the same memories
+    # the dense rewrite of the fuser's depthwise convolutions gives the same memories; the graphs
+    # specialised to the feeds' shapes (onnxsim's folding) too, up to fp32 rounding, which can
+    # move a memory by one bfloat16 step (2**-8 of its value at most)
     assert enc["dense_depthwise_cpu_error"] == 0.0
-    assert set(enc["ms"]) == {"target", "dense_depthwise"}
+    for variant in ("static", "dense_depthwise+static"):
+        assert enc[f"{variant}_cpu_error"] <= 2**-8, variant
+    assert set(enc["ms"]) == {"target", "dense_depthwise", "static", "dense_depthwise+static"}
     assert all(isinstance(v, float) and v > 0 for v in enc["ms"].values())
     ops = dict(enc["profile"]["ms_per_run_by_op"])
     assert "Conv" in ops
