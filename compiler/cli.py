@@ -94,7 +94,12 @@ def compile(
     options = BuildOptions(download=not no_download)
     errors = (DocumentError, CheckpointError, NumericError, BuildError, OutputError, ValueError)
     try:
-        with handle_signals(deferred=False):
+        with handle_signals(deferred=False) as stop:
+
+            def on_pass(r: PassReport) -> None:
+                stop.honour()  # a stop that a library swallowed (see StopFlag.honour)
+                show(r)
+
             bundle = compile_bundle(
                 manifest,
                 target,
@@ -102,7 +107,7 @@ def compile(
                 out_dir=out,
                 components=chosen,
                 options=options,
-                on_pass=show,
+                on_pass=on_pass,
             )
     except KeyboardInterrupt as exc:
         typer.echo("interrupted; nothing was written", err=True)

@@ -8,8 +8,10 @@ the same way; only the exit code tells them apart (128 + the signal number: 130 
 ``handle_signals(deferred=True)`` (``samurai-run``) only records the first signal; the tracking
 loop calls ``StopFlag.check()`` between frames, so the frame in progress is finished and written
 to every output before the run stops. A second signal stops at once. ``deferred=False``
-(``samurai-compile``) raises at once, so its cleanup (removing the staging folder) runs. After
-the stop has been raised, further signals are ignored so that cleanup is not cut short.
+(``samurai-compile``) raises at once, so its cleanup (removing the staging folder) runs, and the
+compile also calls ``StopFlag.honour()`` after every pass, in case a library swallowed that
+raise. After the stop has been raised, further signals are ignored so that cleanup is not cut
+short.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ class StopFlag:
     def check(self) -> None:
         """Raise ``Interrupted`` if a signal arrived (called between frames)."""
         if self.signum is not None and not self.raised:
+            self.raised = True
+            raise Interrupted(self.signum)
+
+    def honour(self) -> None:
+        """Raise ``Interrupted`` if a signal arrived, even if the handler raised it already.
+
+        Called between steps that must not continue after a stop (``samurai-compile``'s passes).
+        Code still running after the handler's raise means a library swallowed it: the handler
+        raises in whatever Python code runs when the signal lands, and C++ that calls back into
+        Python and catches every error (onnxsim's constant folding does) turns it into a
+        skipped step. Seen: a Ctrl-C during a simplify pass, and the compile ran to the end.
+        """
+        if self.signum is not None:
             self.raised = True
             raise Interrupted(self.signum)
 

@@ -99,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"export {args.model_name} for {args.target}: {', '.join(args.components)}", flush=True)
     try:
-        with handle_signals(deferred=False):
+        with handle_signals(deferred=False) as stop:
+
+            def on_pass(r: PassReport) -> None:
+                stop.honour()  # a stop that a library swallowed (see StopFlag.honour)
+                show(r)
+
             out = compile_bundle(
                 args.model_name,
                 args.target,
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 out_dir=args.output_dir,
                 components=args.components,
                 options=BuildOptions(simplify=args.optimize, dynamic_batch=args.dynamic_batch),
-                on_pass=show,
+                on_pass=on_pass,
             )
     except KeyboardInterrupt as exc:
         print("interrupted; nothing was written", file=sys.stderr)

@@ -351,3 +351,36 @@ def test_nothing_partial_left_by_a_refused_compile(tmp_path: Path) -> None:
     )  # fmt: skip
     assert_one_error(result.returncode, result.stderr, "not a bundle", "todo.txt")
     assert snapshot(tmp_path) == before
+
+
+def test_compile_stops_when_a_library_swallows_the_interrupt(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands in Python code called from C++ which catches every error (onnxsim's
+    constant folding) is lost as an exception; the compile must still stop at the next pass.
+    Seen: a SIGINT during a simplify pass, and the bundle was written with exit code 0."""
+    from conftest import _small_manifest
+    from typer.testing import CliRunner
+
+    import samurai_onnx.compiler.build as build
+    from samurai_onnx.compiler.cli import app
+
+    real = build.simplify_graph
+
+    def swallowing(src: Path, out: Path) -> Path:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the handler runs here and raises
+        except BaseException:  # what the library does with its callbacks' errors
+            pass
+        return real(src, out)
+
+    monkeypatch.setattr(build, "simplify_graph", swallowing)
+    manifest = _small_manifest(tmp_path / "m" / "tiny-256.yaml", 256)
+    out = tmp_path / "new" / "bundle"
+    args = [str(manifest), "--checkpoint", str(tiny_checkpoint), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    assert "interrupted; nothing was written" in result.output
+    assert "image_encoder     simplify" not in result.output  # stopped before reporting it
+    assert not (tmp_path / "new").exists()
