@@ -13,7 +13,8 @@
 #   runs per graph; TARGETS (default "cuda-fp16 cuda") the bundles, in that order; STEPS
 #   (default "bench diagnose") what runs per bundle: samurai-bench, and scripts/gpu_diagnose.py
 #   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
-#   depthwise convolutions, profiler top nodes, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
+#   depthwise convolutions, profiler top nodes, the reference's kernels for the memory encoder
+#   and decoder, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
 set -euo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]}
 VIDEO=${2:-}
@@ -46,7 +47,7 @@ for target in $TARGETS; do
   fi
   if [[ " $STEPS " == *" diagnose "* ]]; then
     python3 scripts/gpu_diagnose.py "$WORK/tiny-$target" --out "$OUT/diag-$target" \
-      --device "$DEVICE" --repeats "$REPEATS" --frames 10 ||
+      --device "$DEVICE" --repeats "$REPEATS" --frames 10 --checkpoint "$CKPT" ||
       echo "gpu_diagnose.py failed for $target (see above)"
   fi
 done

@@ -188,6 +188,57 @@ def profile(
     return {"ms_per_run_by_op": top(by_op), "ms_per_run_by_node": top(by_node)}
 
 
+def torch_profile(bundle: Any, checkpoint: Path, device: str, graphs: list[str]) -> dict[str, Any]:
+    """The reference's kernels for ``graphs`` (one object, full bank), fp32 and, on a GPU, in
+    SAMURAI's fp16 autocast: the top operators by device time per call (CPU time on the CPU).
+    Tells which kernels PyTorch runs where ONNX Runtime is slower (its depthwise convolutions
+    have their own kernels; ONNX Runtime's go through cuDNN)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from samurai_onnx.compiler.evaluate.bench import FULL_BANK, reference_calls
+    from samurai_onnx.compiler.evaluate.oracle import build_oracle
+
+    oracle = build_oracle(
+        bundle.model_name, checkpoint, {**FULL_BANK, "fill_hole_area": 0}, device=device
+    )
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    out: dict[str, Any] = {}
+    for half in (False, True) if device == "cuda" else (False,):
+
+        def ctx(half: bool = half) -> Any:
+            return (
+                torch.autocast("cuda", dtype=torch.float16)
+                if half
+                else torch.autocast(device, enabled=False)
+            )
+
+        calls = reference_calls(oracle, 1, device, torch.Generator().manual_seed(0), ctx)
+        for name in graphs:
+            if name not in calls:
+                continue
+            with torch.inference_mode(), ctx():
+                for _ in range(3):
+                    calls[name]()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                with profile(activities=activities) as prof:
+                    for _ in range(5):
+                        calls[name]()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+            rows = []
+            for e in prof.key_averages():
+                dev_us = getattr(e, "self_device_time_total", None)
+                if dev_us is None:
+                    dev_us = getattr(e, "self_cuda_time_total", 0.0)
+                us = float(dev_us or 0.0) if device == "cuda" else float(e.self_cpu_time_total)
+                rows.append([e.key, round(us / 5e3, 4)])
+            rows.sort(key=lambda r: -r[1])
+            out[f"{name}{' fp16' if half else ''}"] = rows[:12]
+    return out
+
+
 def end_to_end(bundle_path: Path, device: str, frames: int) -> dict[str, Any]:
     from samurai_onnx.compiler.evaluate.bench import FULL_BANK
     from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_frames
@@ -217,6 +268,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--frames", type=int, default=10, help="end-to-end frames (0: skip)")
     parser.add_argument("--graphs", default=",".join(GRAPHS))
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the bundle's checkpoint: also profile the reference's memory encoder and decoder",
+    )
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -282,6 +338,10 @@ def main() -> None:
         log.info(
             "%s: %s", name, json.dumps({"ms": entry["ms"], "parity": entry["parity"]["optimized"]})
         )
+    if args.checkpoint:
+        wanted = [g for g in ("memory_encoder", "mask_decoder") if g in args.graphs.split(",")]
+        report["torch_profile"] = torch_profile(bundle, args.checkpoint, args.device, wanted)
+        log.info("reference kernels: %s", json.dumps(report["torch_profile"])[:2000])
     if args.frames:
         report["end_to_end"] = end_to_end(args.bundle, args.device, args.frames)
         log.info("end to end: %s", report["end_to_end"])
@@ -313,6 +373,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                 )
             elif key.endswith("_static_failed"):
                 lines.append(f"- {key}: {value}")
+    for key, rows in report.get("torch_profile", {}).items():
+        lines += ["", f"Reference (PyTorch) {key}, top ops, ms per call: {rows[:8]}"]
     if "end_to_end" in report:
         lines += ["", f"End to end, per-frame mask IoU CPU vs device: {report['end_to_end']}"]
     return "\n".join(lines) + "\n"

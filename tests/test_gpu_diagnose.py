@@ -10,8 +10,10 @@ import pytest
 
 
 def test_dry_run_reports_parity_timing_profile_and_tracking(
-    tiny256_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny256_bundle: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from conftest import oracle_available
+
     from scripts import gpu_diagnose
 
     out = tmp_path / "diag"
@@ -20,6 +22,8 @@ def test_dry_run_reports_parity_timing_profile_and_tracking(
         "--graphs", "memory_encoder,postprocess", "--repeats", "1", "--frames", "2",
         "--tolerance", "-1",  # every graph "over tolerance": the node-level comparison runs too
     ]  # fmt: skip
+    if oracle_available():  # the reference's operators for the same graph
+        argv += ["--checkpoint", str(tiny_checkpoint)]
     monkeypatch.setattr(sys, "argv", argv)
     gpu_diagnose.main()
     report = json.loads((out / "diagnose.json").read_text())
@@ -41,3 +45,6 @@ def test_dry_run_reports_parity_timing_profile_and_tracking(
     assert "Conv" in ops
     assert report["end_to_end"]["iou_cpu_vs_device"] == [1.0, 1.0]
     assert "| memory_encoder |" in (out / "diagnose.md").read_text()
+    if oracle_available():
+        ops = [name for name, ms in report["torch_profile"]["memory_encoder"]]
+        assert any("conv" in name for name in ops), ops

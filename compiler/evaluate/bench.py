@@ -195,6 +195,39 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
     return res
 
 
+def reference_calls(
+    oracle: Any, b: int, device: str, g: Any, ctx: Callable[[], Any]
+) -> dict[str, Callable[[], Any]]:
+    """The reference's four model graphs as calls at ``b`` objects with a full bank (7 memories,
+    16 pointers), on random inputs from generator ``g``; ``ctx`` is the autocast context the
+    features are made in. Used by the bench and by ``scripts/gpu_diagnose.py``'s profile."""
+    import torch
+
+    n, p = oracle.num_maskmem, oracle.max_obj_ptrs_in_encoder
+    img = torch.randn(b, 3, oracle.image_size, oracle.image_size, generator=g).to(device)
+    vf = torch.randn(64 * 64, b, 256, generator=g).to(device)
+    with torch.inference_mode(), ctx():
+        backbone = oracle.forward_image(img[:1])
+        hr = [t.expand(b, -1, -1, -1) for t in backbone["backbone_fpn"][:2]]
+    memory = torch.randn(n * 4096 + p * 4, b, 64, generator=g).to(device)
+    mask = torch.randn(b, 1, 1024, 1024, generator=g).to(device)
+    return {
+        "image_encoder": partial(oracle.forward_image, img[:1]),
+        "memory_attention": partial(
+            oracle.memory_attention, curr=[vf], curr_pos=[vf], memory=memory,
+            memory_pos=memory, num_obj_ptr_tokens=p * 4,
+        ),
+        "mask_decoder": partial(
+            oracle._forward_sam_heads, vf.permute(1, 2, 0).reshape(b, 256, 64, 64),
+            None, None, hr, True,
+        ),
+        "memory_encoder": partial(
+            oracle._encode_new_memory, [vf], [(64, 64)], mask,
+            torch.ones(b, 1, device=device), False,
+        ),
+    }  # fmt: skip
+
+
 def run_torch_side(args: dict[str, Any]) -> SideResult:
     import torch
 
@@ -224,30 +257,8 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
         )
 
     g = torch.Generator().manual_seed(0)
-    n, p = oracle.num_maskmem, oracle.max_obj_ptrs_in_encoder
     for b in args["batch_sizes"]:
-        img = torch.randn(b, 3, oracle.image_size, oracle.image_size, generator=g).to(device)
-        vf = torch.randn(64 * 64, b, 256, generator=g).to(device)
-        with torch.inference_mode(), ctx():
-            backbone = oracle.forward_image(img[:1])
-            hr = [t.expand(b, -1, -1, -1) for t in backbone["backbone_fpn"][:2]]
-        memory = torch.randn(n * 4096 + p * 4, b, 64, generator=g).to(device)
-        mask = torch.randn(b, 1, 1024, 1024, generator=g).to(device)
-        calls: dict[str, Callable[[], Any]] = {
-            "image_encoder": partial(oracle.forward_image, img[:1]),
-            "memory_attention": partial(
-                oracle.memory_attention, curr=[vf], curr_pos=[vf], memory=memory,
-                memory_pos=memory, num_obj_ptr_tokens=p * 4,
-            ),
-            "mask_decoder": partial(
-                oracle._forward_sam_heads, vf.permute(1, 2, 0).reshape(b, 256, 64, 64),
-                None, None, hr, True,
-            ),
-            "memory_encoder": partial(
-                oracle._encode_new_memory, [vf], [(64, 64)], mask,
-                torch.ones(b, 1, device=device), False,
-            ),
-        }  # fmt: skip
+        calls = reference_calls(oracle, b, device, g, ctx)
         for name, fn in calls.items():
             if b > 1 and name in ("image_encoder", "mask_decoder"):
                 # one image per frame; SAMURAI's heads hold one object's Kalman state (its
