@@ -40,6 +40,7 @@ def test_dry_run_reports_parity_timing_profile_and_tracking(
     for variant in ("static", "dense_depthwise+static"):
         assert enc[f"{variant}_cpu_error"] <= 2**-8, variant
     assert set(enc["ms"]) == {"target", "dense_depthwise", "static", "dense_depthwise+static"}
+    assert set(report["graphs"]["postprocess"]["ms"]) == {"target"}  # parity only, as it is
     assert all(isinstance(v, float) and v > 0 for v in enc["ms"].values())
     ops = dict(enc["profile"]["ms_per_run_by_op"])
     assert "Conv" in ops
