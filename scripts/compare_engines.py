@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine
+from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine, relative_error
 from samurai_onnx.runtime.bundle import load_bundle
 from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract
 from samurai_onnx.runtime.engine import EngineSettings, create_engine
@@ -79,10 +79,7 @@ def main() -> None:
             k: {
                 "median_s": float(np.median(times[k])),
                 "runs_s": [round(t, 3) for t in times[k]],
-                "max_rel_error": max(
-                    float(np.abs(outputs[k][o] - ref[o]).max() / (np.abs(ref[o]).max() or 1.0))
-                    for o in ref
-                ),
+                "max_rel_error": max(relative_error(outputs[k][o], ref[o]) for o in ref),
             }
             for k in sessions
         }

@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,62 +36,43 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine
+from samurai_onnx.compiler.evaluate.bench import _time, contract_feeds, machine, relative_error
+from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.passes.depthwise import densify_depthwise
 from samurai_onnx.runtime.bundle import load_bundle
 from samurai_onnx.runtime.contract import GRAPHS, MODEL_GRAPHS
-from samurai_onnx.runtime.engine.onnxruntime import providers_for_device, session_options
+from samurai_onnx.runtime.engine.onnxruntime import create_session
+from samurai_onnx.runtime.tracker import engine_settings
 
 log = logging.getLogger("gpu_diagnose")
 
 
+CPU: list[Any] = [("CPUExecutionProvider", {})]
+PROFILE_RUNS = 6
+
+
 def _providers(bundle: Any, device: str, extra: dict[str, Any] | None = None) -> list[Any]:
-    pairs = providers_for_device(
-        device,
-        tuple(bundle.target.get("providers") or ("CPUExecutionProvider",)),
-        bundle.target.get("provider_options") or {},
-    )
-    out = []
-    for name, opts in pairs:
-        opts = {k: str(v) for k, v in opts.items()}
-        if extra and name == "CUDAExecutionProvider":
-            opts.update({k: str(v) for k, v in extra.items()})
-        out.append((name, opts))
-    return out
-
-
-def _session(
-    model: str | bytes, providers: list[Any], *, optimize: bool = True, profile: str | None = None
-) -> ort.InferenceSession:
-    opts = session_options(profile_prefix=profile)
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(
-        model, sess_options=opts, providers=[p for p, _ in providers],
-        provider_options=[o for _, o in providers],
-    )  # fmt: skip
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    scale = max(float(np.max(np.abs(a))) if a.size else 0.0, 1e-12)
-    return float(np.max(np.abs(a - b))) / scale if a.size else 0.0
+    """The bundle's providers and options for ``device`` (as the runtime resolves them), with
+    ``extra`` options for the CUDA provider."""
+    return [
+        (name, {**opts, **(extra or {})} if name == "CUDAExecutionProvider" else opts)
+        for name, opts in engine_settings(bundle, device, None).providers
+    ]
 
 
 def _errors(ref: list[np.ndarray], got: list[np.ndarray], names: list[str]) -> dict[str, float]:
-    return {n: _rel(r, g) for n, r, g in zip(names, ref, got, strict=True)}
+    return {n: relative_error(g, r) for n, r, g in zip(names, ref, got, strict=True)}
 
 
-def _with_node_outputs(path: Path) -> tuple[bytes, list[str]]:
-    """The model with every node output exposed as a graph output (for node-level parity)."""
+def _with_node_outputs(path: Path) -> tuple[bytes, dict[str, str]]:
+    """The model with every float node output exposed as a graph output (for node-level
+    parity), and each output's op type."""
     model = onnx.load(str(path))
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
     known = {o.name for o in model.graph.output}
-    added = []
+    ops = {o: n.op_type for n in model.graph.node for o in n.output}
     for node in model.graph.node:
         for name in node.output:
             # float outputs only (bfloat16 has no numpy type); untyped ones (contrib ops) are
@@ -99,17 +80,16 @@ def _with_node_outputs(path: Path) -> tuple[bytes, list[str]]:
             if name and name not in known and types.get(name, onnx.TensorProto.FLOAT) in floats:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
                 known.add(name)
-                added.append(name)
-    return model.SerializeToString(), added
+    return model.SerializeToString(), ops
 
 
-def _static(model: str | bytes, feeds: dict[str, np.ndarray]) -> bytes:
+def _static(model: Path | bytes, feeds: dict[str, np.ndarray]) -> bytes:
     """``model`` with its inputs fixed to the feeds' shapes and onnxsim's folding run: what a
     fixed-shape target would build (CUDA graphs need every node on the GPU, and the dynamic
     graphs' shape arithmetic runs on the CPU)."""
     import onnxsim
 
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     shapes = {k: list(v.shape) for k, v in feeds.items()}
     simplified, ok = onnxsim.simplify(proto, overwrite_input_shapes=shapes)
     if not ok:
@@ -117,23 +97,29 @@ def _static(model: str | bytes, feeds: dict[str, np.ndarray]) -> bytes:
     return simplified.SerializeToString()
 
 
-def parity(path: Path, feeds: dict[str, np.ndarray], dev: list[Any], tol: float) -> dict[str, Any]:
-    cpu = _session(str(path), [("CPUExecutionProvider", {})])
-    names = [o.name for o in cpu.get_outputs()]
-    ref = cpu.run(None, feeds)
+def parity(
+    path: Path,
+    feeds: dict[str, np.ndarray],
+    ref: list[np.ndarray],
+    names: list[str],
+    dev: list[Any],
+    tol: float,
+) -> dict[str, Any]:
+    """``ref`` (the graph's outputs ``names`` on the CPU provider) against ``dev``'s."""
     out: dict[str, Any] = {
-        "optimized": _errors(ref, _session(str(path), dev).run(None, feeds), names),
-        "unoptimized": _errors(ref, _session(str(path), dev, optimize=False).run(None, feeds), names),
-    }  # fmt: skip
+        "optimized": _errors(ref, create_session(path, dev).run(None, feeds), names),
+        "unoptimized": _errors(
+            ref, create_session(path, dev, optimize=False).run(None, feeds), names
+        ),
+    }
     if max(out["optimized"].values()) > tol:
-        data, _ = _with_node_outputs(path)
-        a = _session(data, [("CPUExecutionProvider", {})], optimize=False)
-        b = _session(data, dev, optimize=False)
+        data, ops = _with_node_outputs(path)
+        a = create_session(data, CPU, optimize=False)
+        b = create_session(data, dev, optimize=False)
         all_names = [o.name for o in a.get_outputs()]
         ra, rb = a.run(None, feeds), b.run(None, feeds)
-        op = {o: n.op_type for n in onnx.load(str(path)).graph.node for o in n.output}
         nodes = [
-            {"output": n, "op": op.get(n, "?"), "rel_error": _rel(x, y)}
+            {"output": n, "op": ops.get(n, "?"), "rel_error": relative_error(y, x)}
             for n, x, y in zip(all_names, ra, rb, strict=True)
             if np.asarray(x).dtype.kind == "f"
         ]
@@ -143,38 +129,30 @@ def parity(path: Path, feeds: dict[str, np.ndarray], dev: list[Any], tol: float)
 
 
 def timing(
-    model: str | bytes, feeds: dict[str, np.ndarray], providers: list[Any], repeats: int,
+    model: Path | bytes, feeds: dict[str, np.ndarray], providers: list[Any], repeats: int,
     device: str, *, cuda_graph: bool = False,
 ) -> float:  # fmt: skip
     """Median ms of ``run_with_iobinding`` with inputs and outputs resident on ``device``."""
-    sess = _session(model, providers)
+    sess = create_session(model, providers)
     kind = "cuda" if device == "cuda" else "cpu"
-    inputs = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), kind, 0)
-              for k, v in feeds.items()}  # fmt: skip
     first = sess.run(None, feeds)
-    outs = {o.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), kind, 0)
-            for o, v in zip(sess.get_outputs(), first, strict=True)}  # fmt: skip
     binding = sess.io_binding()
-    for k, v in inputs.items():
-        binding.bind_ortvalue_input(k, v)
-    for k, v in outs.items():
-        binding.bind_ortvalue_output(k, v)
-    for _ in range(3 if cuda_graph else 1):  # CUDA graphs: the first runs capture
-        sess.run_with_iobinding(binding)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1e3)
+    for k, v in feeds.items():
+        binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, kind, 0))
+    for o, v in zip(sess.get_outputs(), first, strict=True):
+        binding.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(v, kind, 0))
+    if cuda_graph:  # the first runs capture the graph (one more is the timer's warm-up)
+        for _ in range(2):
+            sess.run_with_iobinding(binding)
+    run = partial(sess.run_with_iobinding, binding)
+    return _time(run, repeats, binding.synchronize_outputs).median * 1e3
 
 
 def profile(
     path: Path, feeds: dict[str, np.ndarray], providers: list[Any], out: Path
 ) -> dict[str, Any]:
-    sess = _session(str(path), providers, profile=str(out / f"profile-{path.stem}"))
-    for _ in range(6):
+    sess = create_session(path, providers, profile_prefix=str(out / f"profile-{path.stem}"))
+    for _ in range(PROFILE_RUNS):
         sess.run(None, feeds)
     events = json.loads(Path(sess.end_profiling()).read_text())
     by_op: dict[str, float] = defaultdict(float)
@@ -182,8 +160,9 @@ def profile(
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             op = e.get("args", {}).get("op_name", "?")
-            by_op[op] += e["dur"] / 6e3
-            by_node[f"{e['name'][: -len('_kernel_time')]} ({op})"] += e["dur"] / 6e3
+            ms = e["dur"] / 1e3 / PROFILE_RUNS
+            by_op[op] += ms
+            by_node[f"{e['name'][: -len('_kernel_time')]} ({op})"] += ms
     top = lambda d: sorted(([k, round(v, 4)] for k, v in d.items()), key=lambda kv: -kv[1])[:12]  # noqa: E731
     return {"ms_per_run_by_op": top(by_op), "ms_per_run_by_node": top(by_node)}
 
@@ -253,10 +232,7 @@ def end_to_end(bundle_path: Path, device: str, frames: int) -> dict[str, Any]:
         got = [tracker.start(clip[0], [box])[0].mask]
         got += [tracker.step(f)[0].mask for f in clip[1:]]
         masks[dev] = got
-    ious = []
-    for a, b in zip(masks["cpu"], masks[device], strict=True):
-        union = np.logical_or(a, b).sum()
-        ious.append(float(np.logical_and(a, b).sum() / union) if union else 1.0)
+    ious = [mask_iou(a, b) for a, b in zip(masks["cpu"], masks[device], strict=True)]
     return {"iou_cpu_vs_device": [round(x, 6) for x in ious], "min": min(ious)}
 
 
@@ -290,11 +266,11 @@ def main() -> None:
     for name in [g for g in args.graphs.split(",") if g in bundle.components]:
         path = bundle.file(name)
         feeds = contract_feeds(name, 1, bundle.tracker, bundle.static_memory)
-        entry: dict[str, Any] = {"parity": parity(path, feeds, dev, args.tolerance)}
-        models: dict[str, str | bytes] = {"": str(path)}
-        cpu: list[Any] = [("CPUExecutionProvider", {})]
-        ref = _session(str(path), cpu).run(None, feeds)
-        outs = [o.name for o in _session(str(path), cpu).get_outputs()]
+        cpu = create_session(path, CPU)
+        outs = [o.name for o in cpu.get_outputs()]
+        ref = cpu.run(None, feeds)
+        entry: dict[str, Any] = {"parity": parity(path, feeds, ref, outs, dev, args.tolerance)}
+        models: dict[str, Path | bytes] = {"": path}
         if name == "memory_encoder":
             model = onnx.load(str(path))
             if densify_depthwise(model):
@@ -307,9 +283,9 @@ def main() -> None:
                 entry[f"{key or 'target'}_static_failed"] = str(exc).strip().splitlines()[0][:200]
         for key, model_or_path in models.items():
             if key:  # every variant computes the bundle's numbers (relative error on the CPU)
-                got = _session(model_or_path, cpu).run(None, feeds)
+                got = create_session(model_or_path, CPU).run(None, feeds)
                 entry[f"{key}_cpu_error"] = max(_errors(ref, got, outs).values())
-        variants: dict[str, tuple[str | bytes, list[Any], bool]] = {}
+        variants: dict[str, tuple[Path | bytes, list[Any], bool]] = {}
         for key, model_or_path in models.items():
             label = key or "target"
             variants[label] = (model_or_path, dev, False)

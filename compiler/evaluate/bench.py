@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from samurai_onnx.compiler.evaluate.metrics import mask_iou
+
 FULL_BANK = {"memory_bank_iou_threshold": -1.0, "memory_bank_obj_score_threshold": -1.0e9}
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -359,10 +361,19 @@ def _ious(a_file: str, b_file: str) -> list[float]:
     a, b = np.load(a_file), np.load(b_file)
     out = []
     for key in sorted(set(a.files) & set(b.files), key=lambda k: int(k[1:])):
-        x, y = np.unpackbits(a[key]).astype(bool), np.unpackbits(b[key]).astype(bool)
-        union = np.logical_or(x, y).sum()
-        out.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))
+        out.append(mask_iou(np.unpackbits(a[key]).astype(bool), np.unpackbits(b[key]).astype(bool)))
     return out
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """Max abs difference over the largest abs value of ``want`` (over 1 where that is 0);
+    inf for a shape mismatch. How engines and providers are compared on one graph's output."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    if not want.size:
+        return 0.0
+    return float(np.abs(got - want).max() / (np.abs(want).max() or 1.0))
 
 
 def benchmark(args: dict[str, Any], *, reference: bool = True) -> dict[str, Any]:

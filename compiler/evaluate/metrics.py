@@ -52,6 +52,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks of one frame; 1.0 when both are empty (nothing to disagree on)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
 def center_error(pred: np.ndarray, gt: np.ndarray, normalized: bool = False) -> np.ndarray:
     """Distance between box centers; ``normalized`` divides the offset by the ground truth's
     width and height (inf where the ground truth has no size)."""

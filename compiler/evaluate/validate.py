@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.evaluate.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
 from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, bf16_step
 from samurai_onnx.runtime.bundle import Bundle, load_bundle
@@ -448,8 +449,7 @@ def validate(
         )
         for res, ref in zip(tracker.track(tmp, box), expected, strict=False):
             ours, info = res.objects[0], tracker.states[0].last
-            union = np.logical_or(ours.mask, ref.mask).sum()
-            iou = 1.0 if union == 0 else float(np.logical_and(ours.mask, ref.mask).sum() / union)
+            iou = mask_iou(ours.mask, ref.mask)
             b_ref = mask_to_box(ref.mask)
             if ours.box is None and b_ref is None:
                 err = 0.0

@@ -104,10 +104,17 @@ def _option_text(key: str, value: Any) -> str:
     return str(value)
 
 
-def session_options(threads: int | None = None, *, profile_prefix: str | None = None) -> Any:
-    """Session options used for every graph: full graph optimization, ``threads`` intra-op."""
+def session_options(
+    threads: int | None = None, *, profile_prefix: str | None = None, optimize: bool = True
+) -> Any:
+    """Session options used for every graph: full graph optimization (``optimize=False``: none,
+    for telling a fusion's numbers from a kernel's), ``threads`` intra-op."""
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         opts.intra_op_num_threads = int(threads)
@@ -120,13 +127,15 @@ def session_options(threads: int | None = None, *, profile_prefix: str | None = 
 
 
 def create_session(
-    path: str | Path,
+    path: str | Path | bytes,
     providers: Sequence[str] | Sequence[tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
     threads: int | None = None,
     *,
     profile_prefix: str | None = None,
+    optimize: bool = True,
 ) -> ort.InferenceSession:
-    """An ``InferenceSession`` for ``path`` on the best available of ``providers``.
+    """An ``InferenceSession`` for ``path`` (or a serialized model) on the best available of
+    ``providers``.
 
     ``providers`` are names or (name, options) pairs; the session's errors are ONNX Runtime's
     own (the compiler's checks want them raw; ``OrtEngine`` translates them).
@@ -134,8 +143,8 @@ def create_session(
     pairs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in providers]
     chosen = resolve_providers(pairs)
     session = ort.InferenceSession(
-        str(path),
-        sess_options=session_options(threads, profile_prefix=profile_prefix),
+        path if isinstance(path, bytes) else str(path),
+        sess_options=session_options(threads, profile_prefix=profile_prefix, optimize=optimize),
         providers=[p for p, _ in chosen],
         provider_options=[{k: _option_text(k, v) for k, v in o.items()} for _, o in chosen],
     )
@@ -144,7 +153,7 @@ def create_session(
         log.warning(
             "%s could not be initialised for %s; running on %s instead",
             chosen[0][0],
-            Path(path).name,
+            "a model" if isinstance(path, bytes) else Path(path).name,
             used[0],
         )
     return session
