@@ -60,6 +60,7 @@ from samurai_onnx.runtime.bundle import (
 from samurai_onnx.runtime.contract import BATCH_AXES, MODEL_GRAPHS, contract
 from samurai_onnx.runtime.documents import one_line
 from samurai_onnx.runtime.engine import Engine, EngineError
+from samurai_onnx.runtime.signals import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +307,13 @@ def compile_bundle(
     components: Sequence[str] | None = None,
     options: BuildOptions | None = None,
     on_pass: Callable[[PassReport], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> Path:
-    """Build the bundle of ``manifest_path`` for ``target_name``; returns its directory."""
+    """Build the bundle of ``manifest_path`` for ``target_name``; returns its directory.
+
+    ``stop`` (the command line's signal flag) is honoured after every pass and before the
+    bundle is put in place: a signal whose exception a library swallowed still stops the build
+    (see ``StopFlag.honour``)."""
     options = options or BuildOptions()
     manifest = load_model_manifest(manifest_path)
     target = load_target_manifest(target_name)
@@ -344,7 +350,12 @@ def compile_bundle(
     kept = staging.kept_components(existing, header, chosen)
     model = _load_model(manifest, ckpt)
     entries: dict[str, Any] = {}
-    report = on_pass or (lambda r: None)
+    def report(r: PassReport) -> None:
+        if stop is not None:
+            stop.honour()
+        if on_pass is not None:
+            on_pass(r)
+
     # Checks run on the target's engine (None: ONNX Runtime's CPU provider).
     try:
         engine = check_engine(target.engine, target.engine_options) if options.verify else None
@@ -388,6 +399,8 @@ def compile_bundle(
             entries[k.name] = k.entry
         ordered = {c: entries[c] for c in COMPONENTS if c in entries}
         write_bundle_manifest(stage, {**header, "components": ordered})
+        if stop is not None:
+            stop.honour()
         staging.commit(stage, out)
     options.kept = [k.name for k in kept]
     warn_unverified(ckpt, manifest.checkpoint, ckpt_sha)

@@ -95,11 +95,6 @@ def compile(
     errors = (DocumentError, CheckpointError, NumericError, BuildError, OutputError, ValueError)
     try:
         with handle_signals(deferred=False) as stop:
-
-            def on_pass(r: PassReport) -> None:
-                stop.honour()  # a stop that a library swallowed (see StopFlag.honour)
-                show(r)
-
             bundle = compile_bundle(
                 manifest,
                 target,
@@ -107,7 +102,8 @@ def compile(
                 out_dir=out,
                 components=chosen,
                 options=options,
-                on_pass=on_pass,
+                on_pass=show,
+                stop=stop,
             )
     except KeyboardInterrupt as exc:
         typer.echo("interrupted; nothing was written", err=True)

@@ -9,8 +9,8 @@ the same way; only the exit code tells them apart (128 + the signal number: 130 
 loop calls ``StopFlag.check()`` between frames, so the frame in progress is finished and written
 to every output before the run stops. A second signal stops at once. ``deferred=False``
 (``samurai-compile``) raises at once, so its cleanup (removing the staging folder) runs, and the
-compile also calls ``StopFlag.honour()`` after every pass, in case a library swallowed that
-raise. After the stop has been raised, further signals are ignored so that cleanup is not cut
+compile also calls ``StopFlag.honour()`` after every pass and before the bundle is put in
+place, in case a library swallowed that raise. After the stop has been raised, further signals are ignored so that cleanup is not cut
 short.
 """
 

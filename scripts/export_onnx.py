@@ -100,11 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"export {args.model_name} for {args.target}: {', '.join(args.components)}", flush=True)
     try:
         with handle_signals(deferred=False) as stop:
-
-            def on_pass(r: PassReport) -> None:
-                stop.honour()  # a stop that a library swallowed (see StopFlag.honour)
-                show(r)
-
             out = compile_bundle(
                 args.model_name,
                 args.target,
@@ -112,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 out_dir=args.output_dir,
                 components=args.components,
                 options=BuildOptions(simplify=args.optimize, dynamic_batch=args.dynamic_batch),
-                on_pass=on_pass,
+                on_pass=show,
+                stop=stop,
             )
     except KeyboardInterrupt as exc:
         print("interrupted; nothing was written", file=sys.stderr)
