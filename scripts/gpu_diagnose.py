@@ -11,10 +11,11 @@ one run, so that one lent GPU session is enough:
    fusion the cause?); for a graph over ``--tolerance``, the first nodes whose outputs differ;
 2. end to end: the bundle tracking ``--frames`` synthetic frames on the CPU and on the device,
    per-frame mask IoU between the two (does the device path alone lose accuracy?);
-3. time: per graph median ms with the target's options, with ``prefer_nhwc``, with CUDA graphs
-   (``enable_cuda_graph``: fixed shapes and addresses), and for the memory encoder with its
-   depthwise convolutions made dense (``compiler/passes/depthwise.py``); the profiler's top
-   nodes and op types per graph.
+3. time: per model graph median ms with the target's options, with ``prefer_nhwc``, with CUDA
+   graphs (``enable_cuda_graph``: fixed addresses), also on the graph specialised to its input
+   shapes (onnxsim), and for the memory encoder with its depthwise convolutions made dense
+   (``compiler/passes/depthwise.py``); the profiler's top nodes and op types per graph; with
+   ``--checkpoint``, the reference's top operators for the memory encoder and decoder.
 
     python scripts/gpu_diagnose.py /tmp/gw/tiny-cuda --out out/diag [--device cuda]
 
@@ -36,7 +37,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from samurai_onnx.compiler.evaluate.bench import _time, contract_feeds, machine, relative_error
+from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine, relative_error, time_call
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.passes.depthwise import densify_depthwise
 from samurai_onnx.runtime.bundle import load_bundle
@@ -145,7 +146,7 @@ def timing(
         for _ in range(2):
             sess.run_with_iobinding(binding)
     run = partial(sess.run_with_iobinding, binding)
-    return _time(run, repeats, binding.synchronize_outputs).median * 1e3
+    return time_call(run, repeats, binding.synchronize_outputs).median * 1e3
 
 
 def profile(

@@ -69,7 +69,11 @@ class SideResult:
     masks_file: str = ""
 
 
-def _time(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None) -> Timing:
+def time_call(
+    fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None
+) -> Timing:
+    """Median and p90 seconds of ``repeats`` calls after one warm-up (``sync`` waits for a
+    device, so its queued work is timed too)."""
     fn()  # warm-up
     sync()
     ts = []
@@ -174,7 +178,7 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
                 continue  # one frame per step, whatever the number of objects
             feeds = contract_feeds(name, b, bundle.tracker, bundle.static_memory)
             fed = {k: tracker.engine.upload(v) for k, v in feeds.items()}
-            res.components[name][b] = _time(partial(session.run, fed), args["repeats"])
+            res.components[name][b] = time_call(partial(session.run, fed), args["repeats"])
     masks: dict[str, np.ndarray] = {}
     for n in args["objects"]:
         for batched in (True, False) if n > 1 and args.get("unbatched", True) else (True,):
@@ -273,7 +277,7 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
                 with torch.inference_mode(), ctx():
                     return fn()
 
-            res.components.setdefault(name, {})[b] = _time(call, args["repeats"], sync)
+            res.components.setdefault(name, {})[b] = time_call(call, args["repeats"], sync)
     jpegs = _clip_jpegs(args.get("video"), args["frames"])
     masks: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
