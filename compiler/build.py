@@ -37,6 +37,7 @@ from samurai_onnx.compiler.manifest import (
 )
 from samurai_onnx.compiler.modeling.common import set_attention_lowering
 from samurai_onnx.compiler.modeling.sam2 import SAM2Model, load_sam2
+from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
 from samurai_onnx.compiler.passes.export import export_graph
 from samurai_onnx.compiler.passes.fp16 import convert_fp16
 from samurai_onnx.compiler.passes.ort_format import convert_to_ort
@@ -78,6 +79,14 @@ class PassReport:
     seconds: float
     max_abs_error: dict[str, float]
     tolerance: float
+
+    def line(self) -> str:
+        """The one-line progress report that ``samurai-compile`` and ``export_onnx.py`` print."""
+        worst = max(self.max_abs_error.items(), key=lambda kv: kv[1], default=("-", 0.0))
+        return (
+            f"  {self.component:<17} {self.name:<15} ok  {self.seconds:6.1f} s  "
+            f"max abs error {worst[1]:.2e} ({worst[0]}, tolerance {self.tolerance:g})"
+        )
 
 
 @dataclass
@@ -218,6 +227,11 @@ def _build_model_graph(
     if options.simplify:
         src = path
         path = step("simplify", "fp32", lambda: simplify_graph(src, work / f"{name}.sim.onnx"))
+    if target.depthwise == "dense" and count_depthwise(
+        onnx.load(str(path), load_external_data=False)
+    ):
+        src = path
+        path = step("dense-depthwise", "fp32", lambda: densify_file(src, work / f"{name}.dw.onnx"))
     precision = "fp32"
     if target.precision == "fp16":
         src = path
@@ -342,6 +356,7 @@ def compile_bundle(
             "format": target.format,
             "memory_shape": target.memory_shape,
             "processing": target.processing,
+            "depthwise": target.depthwise,
             "engine": target.engine,
             "engine_options": target.engine_options,
         },

@@ -84,11 +84,7 @@ def compile(
     chosen = parse_components(components)
 
     def show(r: PassReport) -> None:
-        worst = max(r.max_abs_error.items(), key=lambda kv: kv[1], default=("-", 0.0))
-        typer.echo(
-            f"  {r.component:<17} {r.name:<10} ok  {r.seconds:6.1f} s  "
-            f"max abs error {worst[1]:.2e} ({worst[0]}, tolerance {r.tolerance:g})"
-        )
+        typer.echo(r.line())
 
     typer.echo(f"samurai-compile {manifest} --target {target}: {', '.join(chosen)}")
     options = BuildOptions(download=not no_download)

@@ -20,7 +20,13 @@ from typing import Any
 from samurai_onnx.compiler.modeling.common import ATTENTION_LOWERINGS
 from samurai_onnx.compiler.modeling.config import HieraConfig, SAM2Config, config_problem
 from samurai_onnx.runtime import documents
-from samurai_onnx.runtime.bundle import GEOMETRY_SETTINGS, TrackerSettings
+from samurai_onnx.runtime.bundle import (
+    DEPTHWISE,
+    ENGINES,
+    GEOMETRY_SETTINGS,
+    PROCESSING,
+    TrackerSettings,
+)
 from samurai_onnx.runtime.contract import MODEL_GRAPHS
 from samurai_onnx.runtime.documents import DocumentError, check_fields, kind_ok, short
 
@@ -28,8 +34,6 @@ PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("none", "int8")
 FORMATS = ("onnx", "ort")
 MEMORY_SHAPES = ("dynamic", "static")
-PROCESSING = ("graph", "host")
-ENGINES = ("onnxruntime", "openvino")
 MODEL_SIZES = ("tiny", "small", "base_plus", "large")
 # torch.onnx.export's TorchScript exporter (dynamo=False, see passes/export.py) stops at opset 20.
 OPSETS = (17, 18, 19, 20)
@@ -91,6 +95,7 @@ class TargetManifest:
     memory_shape: str
     fused_attention: bool = False  # may graphs use fused attention ops (ORT contrib kernels)?
     processing: str = "graph"  # pre/postprocessing in graphs, or on the host (exact parity)
+    depthwise: str = "grouped"  # depthwise convolutions as grouped Conv, or dense (GPU)
     engine: str = "onnxruntime"
     engine_options: dict[str, Any] = field(default_factory=dict)
 
@@ -270,6 +275,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "memory_shape",
             "fused_attention",
             "processing",
+            "depthwise",
             "engine",
             "engine_options",
         },
@@ -336,6 +342,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         memory_shape=choice("memory_shape", "dynamic", MEMORY_SHAPES),
         fused_attention=fused_attention,
         processing=choice("processing", "graph", PROCESSING),
+        depthwise=choice("depthwise", "grouped", DEPTHWISE),
         engine=choice("engine", "onnxruntime", ENGINES),
         engine_options=engine_options,
     )

@@ -46,6 +46,11 @@ from samurai_onnx.runtime.documents import unknown_keys as _unknown_keys
 FORMAT_VERSION = 2
 MANIFEST_NAME = "bundle.yaml"
 ENGINES = ("onnxruntime", "openvino")
+PROCESSING = ("graph", "host")  # pre/postprocessing in graphs, or on the host (exact parity)
+# How the graphs write depthwise convolutions: grouped Conv (fast on CPUs), or dense with
+# block-diagonal weights (compiler/passes/depthwise.py: the same numbers, 256x the multiply-adds,
+# one tensor-core kernel on a GPU where cuDNN's depthwise kernels are slow).
+DEPTHWISE = ("grouped", "dense")
 DIGEST_NAME = "bundle.yaml.sha256"  # sha256sum format: "<hex>  bundle.yaml"
 COMPONENTS = GRAPHS
 
@@ -313,6 +318,7 @@ _TARGET_KEYS = {
     "format": str,
     "memory_shape": str,
     "processing": str,
+    "depthwise": str,
     "engine": str,
     "engine_options": dict,
 }
@@ -420,10 +426,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
         "target",
         where,
         _TARGET_KEYS,
-        optional=("provider_options", "processing", "engine", "engine_options"),
+        optional=("provider_options", "processing", "depthwise", "engine", "engine_options"),
     )
     tw = _at(where, "target")
-    for key, allowed in (("processing", ("graph", "host")), ("engine", ENGINES)):
+    for key, allowed in (
+        ("processing", PROCESSING),
+        ("depthwise", DEPTHWISE),
+        ("engine", ENGINES),
+    ):
         if key in target and target[key] not in allowed:
             raise BundleError(
                 f"{tw}.{key}: {short(target[key])} is not one of {', '.join(allowed)}; "

@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from samurai_onnx.runtime.bundle import Bundle, BundleError
+from samurai_onnx.runtime.bundle import PROCESSING, Bundle, BundleError
 from samurai_onnx.runtime.contract import ContractError, contract
 from samurai_onnx.runtime.engine import Engine, EngineError, GraphSession
 from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame, upsample_mask_logits
 
 log = logging.getLogger(__name__)
 
-PROCESSING = ("graph", "host")
 Box = tuple[int, int, int, int]
 
 

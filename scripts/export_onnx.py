@@ -90,12 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from samurai_onnx.runtime.signals import exit_code, handle_signals
 
     def show(r: PassReport) -> None:
-        worst = max(r.max_abs_error.items(), key=lambda kv: kv[1], default=("-", 0.0))
-        print(
-            f"  {r.component:<17} {r.name:<10} ok  {r.seconds:6.1f} s  "
-            f"max abs error {worst[1]:.2e} ({worst[0]}, tolerance {r.tolerance:g})",
-            flush=True,
-        )
+        print(r.line(), flush=True)
 
     print(f"export {args.model_name} for {args.target}: {', '.join(args.components)}", flush=True)
     try:

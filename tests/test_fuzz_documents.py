@@ -319,6 +319,9 @@ TAMPERED: list[tuple[str, Any, str]] = [
     ("components.prompt_encoder", {}, "unknown key(s) prompt_encoder"),
     ("compiler_version", {"x": 1}, "compiler_version"),
     ("target.provider_options", {"CPUExecutionProvider": 3}, "provider_options"),
+    ("target.depthwise", "separable", "target.depthwise"),
+    ("target.depthwise", ["dense"], "target.depthwise"),
+    ("target.depthwise", "dense", None),  # valid
 ]
 
 

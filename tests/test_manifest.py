@@ -172,6 +172,8 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
     "quantization": (_set("quantization", "int4"), "quantization", "none, int8"),
     "format": (_set("format", "tflite"), "format", "onnx, ort"),
     "memory_shape": (_set("memory_shape", "ragged"), "memory_shape", "dynamic, static"),
+    "depthwise": (_set("depthwise", "separable"), "depthwise", "grouped, dense"),
+    "processing": (_set("processing", "gpu"), "processing", "graph, host"),
     "opset_low": (_set("opset", 16), "opset", "17..20"),
     "opset_high": (_set("opset", 22), "opset", "17..20"),
     "opset_type": (_set("opset", "17"), "opset", "expected int"),

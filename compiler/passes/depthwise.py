@@ -9,11 +9,16 @@ numbers (the off-diagonal weights are exact zeros, so each output adds the same 
 zeros; only the summation order may differ, as between any two convolution algorithms) and runs
 on cuDNN's tensor-core kernels, at 256x the multiply-adds (26 GFLOP per 64x64 layer).
 
-Whether that wins is a measurement on the GPU (``scripts/gpu_diagnose.py`` times both); no
-target uses this rewrite until it is measured, and it would cost a CPU 256x the work.
+A target opts in with ``depthwise: dense`` (the compiler then runs this pass after simplify, on
+every graph with depthwise convolutions: in SAM 2.1 only the memory encoder). Whether that wins
+is a measurement on the GPU (``scripts/gpu_diagnose.py`` times both forms per graph,
+``scripts/gpu_check.sh``'s ``variants`` step end to end); no packaged target uses it until it is
+measured, and it would cost a CPU 256x the work.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,6 +32,50 @@ def _group(node: onnx.NodeProto) -> int:
     return 1
 
 
+def _depthwise_weight(
+    node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int], limit: int
+) -> onnx.TensorProto | None:
+    """The weight initializer of a depthwise ``Conv`` that can be rewritten, else None."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        return None
+    groups = _group(node)
+    weight = inits.get(node.input[1])
+    if groups <= 1 or weight is None or uses.get(weight.name, 0) != 1:
+        return None
+    dims = list(weight.dims)
+    if len(dims) != 4 or dims[0] != groups or dims[1] != 1 or groups > limit:
+        return None
+    return weight
+
+
+def _index(model: onnx.ModelProto) -> tuple[dict[str, onnx.TensorProto], dict[str, int]]:
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    return inits, uses
+
+
+def count_depthwise(model: onnx.ModelProto, *, max_channels: int = 1024) -> int:
+    """How many convolutions ``densify_depthwise`` would rewrite (reads shapes only, so a model
+    loaded without its external data will do)."""
+    inits, uses = _index(model)
+    return sum(
+        _depthwise_weight(n, inits, uses, max_channels) is not None for n in model.graph.node
+    )
+
+
+def densify_file(src: Path, out: Path) -> Path:
+    """The compiler pass: ``src`` with its depthwise convolutions made dense, into ``out``."""
+    model = onnx.load(str(src))
+    if not densify_depthwise(model):
+        raise ValueError(f"{src.name} has no depthwise convolution to rewrite")
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out))
+    return out
+
+
 def densify_depthwise(model: onnx.ModelProto, *, max_channels: int = 1024) -> int:
     """Rewrite, in place, every depthwise ``Conv`` of ``model`` whose weight is an initializer.
 
@@ -34,22 +83,14 @@ def densify_depthwise(model: onnx.ModelProto, *, max_channels: int = 1024) -> in
     multiplier 1). ``max_channels`` bounds the dense weight (C x C x kh x kw). Returns how many
     convolutions were rewritten.
     """
-    inits = {t.name: t for t in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    inits, uses = _index(model)
     rewritten = 0
     for node in model.graph.node:
-        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        weight = _depthwise_weight(node, inits, uses, max_channels)
+        if weight is None:
             continue
         groups = _group(node)
-        weight = inits.get(node.input[1])
-        if groups <= 1 or weight is None or uses.get(weight.name, 0) != 1:
-            continue
         w = numpy_helper.to_array(weight)
-        if w.ndim != 4 or w.shape[0] != groups or w.shape[1] != 1 or groups > max_channels:
-            continue
         dense = np.zeros((groups, groups, *w.shape[2:]), dtype=w.dtype)
         idx = np.arange(groups)
         dense[idx, idx] = w[:, 0]
