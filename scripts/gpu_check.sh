@@ -15,6 +15,12 @@
 #   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
 #   depthwise convolutions, profiler top nodes, the reference's kernels for the memory encoder
 #   and decoder, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
+#   VARIANTS (default "dense cuda:unfused") are variants of each target, compiled beside it and benchmarked in
+#   the same samurai-bench run (--compare: one reference, same-run ratios): dense (depthwise:
+#   dense, the memory encoder's 7x7 depthwise convolutions as dense ones), nhwc (the CUDA
+#   provider's prefer_nhwc), unfused (fused_attention: false, MatMul/Softmax attention); join
+#   with + for both (dense+nhwc); TARGET:VARIANT applies to that target only (cuda:unfused).
+#   VARIANTS="" benchmarks the targets alone.
 set -euo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]}
 VIDEO=${2:-}
@@ -26,6 +32,7 @@ WORK=${WORK:-$OUT/work}
 REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
 STEPS=${STEPS:-bench diagnose}
+VARIANTS=${VARIANTS-dense cuda:unfused}
 mkdir -p "$OUT" "$WORK"
 CKPT="$WORK/sam2.1_hiera_tiny.pt"
 [ -f "$CKPT" ] || python3 -m samurai_onnx.compiler.random_checkpoint --model tiny --out "$CKPT"
@@ -36,11 +43,25 @@ if [ -z "$VIDEO" ]; then
 fi
 BOX=${BOX:?give the first-frame box of VIDEO as BOX=x,y,w,h}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
+compile() {  # compile TARGET (a name or a file) into $WORK/tiny-NAME
+  samurai-compile tiny --target "$1" --checkpoint "$CKPT" --out "$WORK/tiny-$2" \
+    >"$WORK/compile-$2.log" 2>&1 || { cat "$WORK/compile-$2.log"; exit 1; }
+}
 for target in $TARGETS; do
-  samurai-compile tiny --target "$target" --checkpoint "$CKPT" --out "$WORK/tiny-$target" \
-    >"$WORK/compile-$target.log" 2>&1 || { cat "$WORK/compile-$target.log"; exit 1; }
+  compile "$target" "$target"
+  compare=()
+  for variant in $VARIANTS; do
+    [[ " $STEPS " == *" bench "* ]] || break
+    if [[ "$variant" == *:* ]]; then
+      [[ "${variant%%:*}" == "$target" ]] || continue
+      variant=${variant#*:}
+    fi
+    python3 scripts/target_variant.py "$target" "$variant" "$WORK/targets/$target-$variant.yaml"
+    compile "$WORK/targets/$target-$variant.yaml" "$target-$variant"
+    compare+=(--compare "$WORK/tiny-$target-$variant")
+  done
   if [[ " $STEPS " == *" bench "* ]]; then
-    samurai-bench "$WORK/tiny-$target" --device "$DEVICE" --checkpoint "$CKPT" \
+    samurai-bench "$WORK/tiny-$target" ${compare[@]+"${compare[@]}"} --device "$DEVICE" --checkpoint "$CKPT" \
       --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
       --batch-sizes 1,4 --repeats "$REPEATS" \
       --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"

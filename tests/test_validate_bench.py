@@ -131,3 +131,64 @@ def test_bench_compares_n_objects_with_n_reference_runs() -> None:
     assert "| onnx | 1 | 2.0000 | - | - | 2.50x |" in md
     assert "| onnx | 3 | 3.0000 | - | - | 5.00x (vs 3 runs) |" in md
     assert "N x its 1-object s / frame" in md
+
+
+def test_bench_compares_bundles_in_one_run(tiny256_bundle: Path, tmp_path: Path) -> None:
+    """--compare: other bundles of the same checkpoint get their own sides and rows in the same
+    run (one reference for all); a bundle of another checkpoint is refused in one line."""
+    import shutil
+
+    import yaml
+
+    from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
+    from samurai_onnx.runtime.bundle import MANIFEST_NAME, seal_manifest
+
+    other = tmp_path / "variant"
+    shutil.copytree(tiny256_bundle, other)
+    args = {
+        "bundle": str(tiny256_bundle), "compare": [str(other)], "device": "cpu",
+        "batch_sizes": [1], "video": None, "box": list(SYNTHETIC_BOX), "frames": 2,
+        "repeats": 1, "threads": None, "size": "tiny", "steady_from": 1, "objects": [1],
+    }  # fmt: skip
+    report = benchmark(args, reference=False)
+    assert set(report["sides"]) == {"onnx", "onnx variant"}
+    for side in report["sides"].values():
+        assert side["end_to_end"]["1"]["seconds_per_frame"] > 0
+        assert set(side["components"]) >= {"image_encoder", "memory_encoder"}
+    md = to_markdown(report)
+    assert "compared with `" in md and "| memory_encoder (variant) | 1 |" in md
+    assert "| onnx variant | 1 |" in md and "| onnx | 1 |" in md
+
+    data = yaml.safe_load((other / MANIFEST_NAME).read_text())
+    data["source_checkpoint"]["sha256"] = "0" * 64
+    (other / MANIFEST_NAME).write_text(yaml.safe_dump(data, sort_keys=False))
+    seal_manifest(other)
+    result = subprocess.run(
+        [sys.executable, "-m", "samurai_onnx.compiler.evaluate.bench_cli", str(tiny256_bundle),
+         "--compare", str(other), "--no-reference", "--frames", "2"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another model or checkpoint" in lines[0], result.stderr
+
+
+def test_markdown_shows_the_ratio_to_fp16_autocast() -> None:
+    """On a GPU the reference also runs in SAMURAI's fp16 autocast: every side's end-to-end row
+    gives its ratio to that too (the GPU goal is stated against it)."""
+    from samurai_onnx.compiler.evaluate.bench import to_markdown
+
+    def side(s: float) -> dict[str, object]:
+        e2e = {"seconds_per_frame": s, "graph_seconds_per_frame": None,
+               "host_seconds_per_frame": None, "frames_timed": 4}  # fmt: skip
+        return {"engine": "e", "components": {}, "peak_rss_mb": 1.0,
+                "end_to_end": {"1": e2e}, "unbatched": {}}  # fmt: skip
+
+    report = {
+        "machine": "m", "args": {"bundle": "b", "device": "cuda"},
+        "sides": {"onnx": side(0.02), "pytorch": side(0.04), "pytorch-fp16": side(0.03)},
+    }  # fmt: skip
+    md = to_markdown(report)
+    assert "| vs PyTorch fp32 | vs PyTorch fp16 autocast |" in md
+    assert "| onnx | 1 | 0.0200 | - | - | 2.00x | 1.50x | 4 |" in md
+    assert "| pytorch-fp16 | 1 | 0.0300 | - | - | 1.33x | - | 4 |" in md

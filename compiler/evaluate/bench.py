@@ -170,7 +170,7 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
         processing=args.get("processing"),
         fill_hole_area=0,  # as the reference side: the IoU compares models, not hole filling
     )
-    res = SideResult("onnx", engine=tracker.engine.describe())
+    res = SideResult(args.get("side", "onnx"), engine=tracker.engine.describe())
     for name, session in tracker.graphs.sessions.items():
         res.components[name] = {}
         for b in args["batch_sizes"]:
@@ -196,7 +196,7 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
             (res.end_to_end if batched else res.unbatched)[n] = _steady(
                 times, graph, args["steady_from"]
             )
-    res.masks_file = _save_masks(args, "onnx", masks)
+    res.masks_file = _save_masks(args, args.get("masks_name", "onnx"), masks)
     res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 
@@ -380,16 +380,35 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / (np.abs(want).max() or 1.0))
 
 
+def compared_sides(args: dict[str, Any]) -> list[tuple[str, str]]:
+    """(side name, bundle path) of every bundle in the run: ``onnx`` for ``args["bundle"]``, then
+    ``onnx <folder name>`` for each of ``args["compare"]`` (numbered where two names clash)."""
+    out = [("onnx", str(args["bundle"]))]
+    for i, path in enumerate(args.get("compare") or [], start=2):
+        name = f"onnx {Path(path).name}"
+        if any(name == n for n, _ in out):
+            name = f"{name} #{i}"
+        out.append((name, str(path)))
+    return out
+
+
 def benchmark(args: dict[str, Any], *, reference: bool = True) -> dict[str, Any]:
-    """Every side, each in a subprocess; returns the JSON-able report."""
+    """Every side, each in a subprocess; returns the JSON-able report.
+
+    Several bundles (``args["compare"]``) share one reference run, so their ratios to it and to
+    each other come from the same run on the same machine."""
     with tempfile.TemporaryDirectory() as work:
         args = {**args, "work_dir": work}
-        sides = [_subprocess("onnx", args)]
+        sides = [
+            _subprocess("onnx", {**args, "bundle": path, "side": name, "masks_name": f"onnx{i}"})
+            for i, (name, path) in enumerate(compared_sides(args))
+        ]
+        ref = None
         if reference:
-            sides.append(_subprocess("torch", args))
+            ref = _subprocess("torch", args)
+            sides.append(ref)
             if args["device"] in ("cuda", "tensorrt"):
                 sides.append(_subprocess("torch", {**args, "autocast": True}))
-        ref = sides[1] if reference else None
         report: dict[str, Any] = {"machine": machine(), "args": args, "sides": {}}
         for s in sides:
             entry = _as_dict(s)
@@ -421,56 +440,73 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _speed(ref: dict[str, Any] | None, n: str, seconds: float) -> str:
+    """``ref``'s time for ``n`` objects over ``seconds``: the reference tracks one object per
+    predictor (see run_torch_side), so its N objects are N one-object runs."""
+    if ref is None or "1" not in ref["end_to_end"]:
+        return "-"
+    one = ref["end_to_end"]["1"]["seconds_per_frame"]
+    return f"{int(n) * one / seconds:.2f}x" + (f" (vs {n} runs)" if n != "1" else "")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     sides = report["sides"]
-    onnx = sides["onnx"]
+    onnx_sides = {name: s for name, s in sides.items() if name.startswith("onnx")}
     ref = sides.get("pytorch")
+    half = sides.get("pytorch-fp16")
+    compared = report["args"].get("compare") or []
     lines = [
         f"Machine: {report['machine']}",
-        f"Bundle `{report['args']['bundle']}`, device {report['args']['device']}; "
+        f"Bundle `{report['args']['bundle']}`"
+        + "".join(f", compared with `{c}`" for c in compared)
+        + f", device {report['args']['device']}; "
         + "; ".join(f"{name}: {s['engine']}" for name, s in sides.items()),
         "",
         "| graph | batch | ONNX median s | ONNX p90 s | PyTorch median s | PyTorch p90 s | speed-up |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, per_b in onnx["components"].items():
-        for b, tim in per_b.items():
-            r = (ref or {}).get("components", {}).get(name, {}).get(b)
-            tail = (
-                f"{r['median']:.3f} | {r['p90']:.3f} | {r['median'] / tim['median']:.2f}x"
-                if r
-                else "- | - | -"
-            )
-            lines.append(f"| {name} | {b} | {tim['median']:.4f} | {tim['p90']:.4f} | {tail} |")
+    for side, onnx in onnx_sides.items():
+        suffix = "" if side == "onnx" else f" ({side[len('onnx ') :]})"
+        for name, per_b in onnx["components"].items():
+            for b, tim in per_b.items():
+                r = (ref or {}).get("components", {}).get(name, {}).get(b)
+                tail = (
+                    f"{r['median']:.3f} | {r['p90']:.3f} | {r['median'] / tim['median']:.2f}x"
+                    if r
+                    else "- | - | -"
+                )
+                lines.append(
+                    f"| {name}{suffix} | {b} | {tim['median']:.4f} | {tim['p90']:.4f} | {tail} |"
+                )
+    fp16_head = " vs PyTorch fp16 autocast |" if half else ""
     lines += [
         "",
-        "| side | objects | s / frame | in graphs | host | vs PyTorch fp32 | frames timed | IoU vs fp32 reference (min / mean) | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| side | objects | s / frame | in graphs | host | vs PyTorch fp32 |"
+        + fp16_head
+        + " frames timed | IoU vs fp32 reference (min / mean) | peak RSS MB |",
+        "|---|---|---|---|---|---|" + ("---|" if half else "") + "---|---|---|",
     ]
     for name, s in sides.items():
         for n, e in s["end_to_end"].items():
-            speed = "-"
-            if ref is not None and "1" in ref["end_to_end"]:
-                # the reference's N objects: N one-object runs (see run_torch_side)
-                one = ref["end_to_end"]["1"]["seconds_per_frame"]
-                speed = f"{int(n) * one / e['seconds_per_frame']:.2f}x"
-                if n != "1":
-                    speed += f" (vs {n} runs)"
+            spf = e["seconds_per_frame"]
+            fp16 = f" {_speed(half, n, spf) if s is not half else '-'} |" if half else ""
             iou = s.get("iou_vs_fp32_reference")
             iou_text = f"{iou['min']:.4f} / {iou['mean']:.4f}" if iou and n == "1" else "-"
             lines.append(
-                f"| {name} | {n} | {e['seconds_per_frame']:.4f} | {_fmt(e['graph_seconds_per_frame'], 4)} "
-                f"| {_fmt(e['host_seconds_per_frame'], 4)} | {speed} | {e['frames_timed']} | {iou_text} "
-                f"| {s['peak_rss_mb']:.0f} |"
+                f"| {name} | {n} | {spf:.4f} | {_fmt(e['graph_seconds_per_frame'], 4)} "
+                f"| {_fmt(e['host_seconds_per_frame'], 4)} | {_speed(ref, n, spf)} |{fp16} "
+                f"{e['frames_timed']} | {iou_text} | {s['peak_rss_mb']:.0f} |"
             )
         for n, e in s.get("unbatched", {}).items():
             batched = s["end_to_end"][n]["seconds_per_frame"]
             lines.append(
                 f"| {name}, one object per pass | {n} | {e['seconds_per_frame']:.4f} | "
                 f"{_fmt(e['graph_seconds_per_frame'], 4)} | {_fmt(e['host_seconds_per_frame'], 4)} | "
-                f"batched: {e['seconds_per_frame'] / batched:.2f}x faster | {e['frames_timed']} | - | - |"
+                f"batched: {e['seconds_per_frame'] / batched:.2f}x faster |"
+                + (" - |" if half else "")
+                + f" {e['frames_timed']} | - | - |"
             )
-    if ref is not None and any(n != "1" for n in onnx["end_to_end"]):
+    if ref is not None and any(n != "1" for o in onnx_sides.values() for n in o["end_to_end"]):
         lines += [
             "",
             "SAMURAI's PyTorch code tracks one object per predictor (its Kalman state is per "

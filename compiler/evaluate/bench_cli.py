@@ -80,6 +80,12 @@ def bench(
         "-c",
         help="The .pt the bundle was built from, for the reference (default: the cached official file).",
     ),
+    compare: list[Path] = typer.Option(
+        [],
+        "--compare",
+        help="Another bundle of the same model and checkpoint (e.g. another target) timed in "
+        "the same run against the same reference; repeat for several.",
+    ),
     no_reference: bool = typer.Option(False, "--no-reference", help="Skip the PyTorch reference."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
     markdown_out: Path | None = typer.Option(
@@ -90,7 +96,8 @@ def bench(
     seconds per frame with a full memory bank split into time in graphs and host time, and peak
     RSS; for the bundle and (unless --no-reference) for the PyTorch reference (on --device cuda
     in fp32 and in SAMURAI's fp16 autocast), with the ratios and the per-frame mask IoU against
-    the fp32 reference; as a Markdown table and JSON."""
+    the fp32 reference; as a Markdown table and JSON. With --compare, other bundles of the same
+    checkpoint get their own rows in the same run."""
     from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
     from samurai_onnx.compiler.evaluate.oracle import reference_checkpoint
     from samurai_onnx.runtime.bundle import BundleError, load_bundle
@@ -113,6 +120,21 @@ def bench(
             "size": info.model_name,
             "steady_from": steady_from(frames, info.tracker),
         }
+        for other in compare:
+            theirs = load_bundle(other)
+            if (theirs.model_name, theirs.source_checkpoint_sha256) != (
+                info.model_name,
+                info.source_checkpoint_sha256,
+            ):
+                raise ValueError(
+                    f"--compare {other}: built from another model or checkpoint than {bundle} "
+                    f"(SAM 2.1 {theirs.model_name}, checkpoint sha256 "
+                    f"{theirs.source_checkpoint_sha256[:12]}...), so one reference cannot serve "
+                    "both; compare bundles of the same checkpoint"
+                )
+            if other.resolve() == bundle.resolve():
+                raise ValueError(f"--compare {other}: that is the bundle being benchmarked")
+        args["compare"] = [str(c) for c in compare]
         if processing not in (None, "graph", "host"):
             raise ValueError(f"--processing {processing!r} is not one of graph, host")
         if not no_reference:

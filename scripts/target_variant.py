@@ -1,0 +1,89 @@
+"""A variant of a target manifest, for measuring one change end to end (``gpu_check.sh``'s
+``VARIANTS``): the target's YAML with named changes applied, under a new name.
+
+    python scripts/target_variant.py cuda dense+unfused out/cuda-dense+unfused.yaml
+
+Variants (join with ``+``):
+  dense    ``depthwise: dense``: depthwise convolutions as dense block-diagonal ones
+  nhwc     the CUDA provider's ``prefer_nhwc: 1`` (cuDNN's NHWC kernels)
+  unfused  ``fused_attention: false``: attention as MatMul/Softmax/MatMul (cuBLAS on a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _dense(data: dict[str, Any]) -> None:
+    data["depthwise"] = "dense"
+
+
+def _nhwc(data: dict[str, Any]) -> None:
+    if "CUDAExecutionProvider" not in data.get("providers", []):
+        raise ValueError("nhwc: the target does not use CUDAExecutionProvider")
+    options = data.setdefault("provider_options", {}) or {}
+    data["provider_options"] = options
+    options.setdefault("CUDAExecutionProvider", {})["prefer_nhwc"] = 1
+
+
+def _unfused(data: dict[str, Any]) -> None:
+    data["fused_attention"] = False
+
+
+VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "dense": _dense,
+    "nhwc": _nhwc,
+    "unfused": _unfused,
+}
+
+
+def write_variant(target: str, variant: str, out: Path) -> Path:
+    """Write ``target`` (a packaged name or a file) with ``variant`` applied to ``out``, named
+    ``<target name>-<variant>``; the result is checked by the compiler's own manifest reader."""
+    from samurai_onnx.compiler.manifest import load_target_manifest
+
+    base = load_target_manifest(target)
+    data = yaml.safe_load(Path(base.path).read_text())
+    parts = variant.split("+")
+    for part in parts:
+        if part not in VARIANTS:
+            raise ValueError(
+                f"unknown variant {part!r}; known: {', '.join(VARIANTS)} (join with +)"
+            )
+        VARIANTS[part](data)
+    data["name"] = f"{base.name}-{variant}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = out.with_name(f".{out.name}.tmp.yaml")
+    try:
+        staged.write_text(yaml.safe_dump(data, sort_keys=False))
+        load_target_manifest(staged)
+        staged.replace(out)
+    finally:
+        staged.unlink(missing_ok=True)
+    return out
+
+
+def main() -> None:
+    from samurai_onnx.runtime.documents import DocumentError
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", help="a packaged target name or a target file")
+    parser.add_argument("variant", help=f"{', '.join(VARIANTS)}, joined with +")
+    parser.add_argument("out", type=Path, help="the variant's target file")
+    args = parser.parse_args()
+    try:
+        write_variant(args.target, args.variant, args.out)
+    except (DocumentError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
