@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from samurai_onnx.runtime.contract import GraphContract, ort_signature
 from samurai_onnx.runtime.engine.base import Engine, EngineError, EngineSettings, GraphSession
+from samurai_onnx.runtime.engine.captured import CapturedRuns, ort_value
 
 log = logging.getLogger(__name__)
 
@@ -179,44 +180,72 @@ class HostBacked:
         self.host, self.value = host, value
 
 
-def _ort_value(value: Any) -> Any:
-    return value.value if isinstance(value, HostBacked) else value
-
-
 class OrtGraphSession(GraphSession):
-    """One graph in ONNX Runtime, run through I/O binding on the engine's device."""
+    """One graph in ONNX Runtime, run through I/O binding on the engine's device.
+
+    ``fixed``: inputs and outputs in fixed buffers per signature (``captured.py``), as CUDA
+    graphs need; ``graph_ids``: runs carry ONNX Runtime's ``gpu_graph_id`` (CUDA graphs on).
+    """
 
     def __init__(
-        self, session: ort.InferenceSession, contract: GraphContract, path: Path, engine: OrtEngine
+        self,
+        session: ort.InferenceSession,
+        contract: GraphContract,
+        path: Path,
+        engine: OrtEngine,
+        *,
+        fixed: bool = False,
+        graph_ids: bool = False,
     ) -> None:
         super().__init__(contract, path)
         self.session = session
         self.engine = engine
+        self.graph_ids = graph_ids
+        self.captured = (
+            CapturedRuns(session, contract, engine.upload, engine.zeros, self._run_options)
+            if fixed
+            else None
+        )
+
+    def _run_options(self, graph_id: int) -> Any:
+        if not self.graph_ids:
+            return None
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return options
 
     def _run(self, feeds: Mapping[str, Any], into: Mapping[str, Any]) -> dict[str, Any]:
-        binding = self.session.io_binding()
-        device, device_id = self.engine.device, 0
-        uploaded = []  # numpy feeds wrapped for this run: alive until it returns
         try:
-            for name in self.contract.input_names:
-                value = feeds[name]
-                if isinstance(value, np.ndarray):
-                    value = self.engine.upload(value)
-                    uploaded.append(value)
-                binding.bind_ortvalue_input(name, _ort_value(value))
-            for name in self.contract.output_names:
-                if name in into:
-                    binding.bind_ortvalue_output(name, _ort_value(into[name]))
-                else:
-                    binding.bind_output(name, device, device_id)
-            self.session.run_with_iobinding(binding)
-            values = binding.get_outputs()
+            if self.captured is not None:
+                return self.captured.run(feeds, into, self._regular)
+            return self._regular(feeds, into, None)
         except Exception as exc:
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
             raise EngineError(
                 f"{self.contract.name}: ONNX Runtime failed ({one_line(exc)})"
             ) from None
+
+    def _regular(
+        self, feeds: Mapping[str, Any], into: Mapping[str, Any], run_options: Any
+    ) -> dict[str, Any]:
+        """One run with the feeds bound as they are and new outputs (or ``into``'s)."""
+        binding = self.session.io_binding()
+        device, device_id = self.engine.device, 0
+        uploaded = []  # numpy feeds wrapped for this run: alive until it returns
+        for name in self.contract.input_names:
+            value = feeds[name]
+            if isinstance(value, np.ndarray):
+                value = self.engine.upload(value)
+                uploaded.append(value)
+            binding.bind_ortvalue_input(name, ort_value(value))
+        for name in self.contract.output_names:
+            if name in into:
+                binding.bind_ortvalue_output(name, ort_value(into[name]))
+            else:
+                binding.bind_output(name, device, device_id)
+        self.session.run_with_iobinding(binding, run_options)
+        values = binding.get_outputs()
         # Outputs written into given values come back as those values (which own their memory).
         return {
             name: into.get(name, value)
@@ -229,19 +258,32 @@ class OrtEngine(Engine):
 
     name = "onnxruntime"
 
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings, *, fixed_buffers: bool | None = None) -> None:
+        """``fixed_buffers``: run every graph with fixed buffers per signature (None: where CUDA
+        graphs are on, i.e. the CUDA provider leads and has ``enable_cuda_graph``)."""
         self.settings = settings
         self.providers = resolve_providers(settings.providers)
         self.device = _VALUE_DEVICE.get(self.providers[0][0], "cpu")
+        first, options = self.providers[0]
+        self.cuda_graph = first == "CUDAExecutionProvider" and _option_text(
+            "enable_cuda_graph", options.get("enable_cuda_graph", 0)
+        ) not in ("0", "false", "False", "")
+        self.fixed_buffers = self.cuda_graph if fixed_buffers is None else fixed_buffers
 
     def load(self, path: Path, contract: GraphContract) -> OrtGraphSession:
+        cuda_graph = self.cuda_graph
         try:
-            session = create_session(
-                path,
-                self.providers,
-                self.settings.threads,
-                profile_prefix=self.settings.profile_prefix,
-            )
+            try:
+                session = self._session(path, self.providers)
+            except Exception as exc:
+                if not cuda_graph or "CUDA Graph" not in str(exc):
+                    raise
+                # e.g. a node ONNX Runtime keeps on the CPU: this graph runs without one
+                log.warning("%s: no CUDA graph (%s)", path.name, one_line(exc))
+                cuda_graph = False
+                first, options = self.providers[0]
+                options = {k: v for k, v in options.items() if k != "enable_cuda_graph"}
+                session = self._session(path, [(first, options), *self.providers[1:]])
         except Exception as exc:
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
@@ -252,7 +294,21 @@ class OrtEngine(Engine):
         used = session.get_providers()[0]
         if _VALUE_DEVICE.get(used, "cpu") != self.device:
             log.warning("%s runs on %s, not on %s", path.name, used, self.device)
-        return OrtGraphSession(session, contract, path, self)
+        return OrtGraphSession(
+            session,
+            contract,
+            path,
+            self,
+            fixed=self.fixed_buffers and (cuda_graph or not self.cuda_graph),
+            graph_ids=cuda_graph,
+        )
+
+    def _session(
+        self, path: Path, providers: Sequence[tuple[str, dict[str, Any]]]
+    ) -> ort.InferenceSession:
+        return create_session(
+            path, providers, self.settings.threads, profile_prefix=self.settings.profile_prefix
+        )
 
     def upload(self, array: np.ndarray) -> Any:
         array = np.ascontiguousarray(array)
@@ -264,13 +320,16 @@ class OrtEngine(Engine):
         if isinstance(value, np.ndarray):
             return value
         if isinstance(value, HostBacked):
-            return value.host
+            # fixed buffers are rewritten by the graph's next run with the same signature
+            return value.host.copy() if self.fixed_buffers else value.host
         # A view that keeps the value's buffer alive on the CPU; a copy from a GPU.
-        return np.asarray(value.numpy())
+        array = np.asarray(value.numpy())
+        return array.copy() if self.fixed_buffers and self.device == "cpu" else array
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Any:
         return self.upload(np.zeros(tuple(shape), np.dtype(dtype)))
 
     def describe(self) -> str:
         names = ", ".join(p for p, _ in self.providers)
-        return f"onnxruntime {ort.__version__} ({names}), values on {self.device}"
+        mode = "; CUDA graphs" if self.cuda_graph else "; fixed buffers" if self.fixed_buffers else ""
+        return f"onnxruntime {ort.__version__} ({names}), values on {self.device}{mode}"

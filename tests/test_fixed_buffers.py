@@ -1,0 +1,122 @@
+"""Fixed buffers per signature (runtime/engine/captured.py), the CUDA-graph path, on the CPU.
+
+CUDA graphs need every run of a signature to read and write the same buffers; the engine keeps
+those buffers and rewrites them on every run. These tests check that this changes nothing the
+tracker sees: a video with several objects, a late click, a removal and a mask prompt gives the
+same masks, boxes and scores as the regular path, and outputs stay valid as long as promised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SYNTHETIC_BOX, synthetic_frames
+from onnx import TensorProto, helper
+
+from samurai_onnx.runtime import tracker as tracker_module
+from samurai_onnx.runtime.contract import GraphContract, TensorSpec
+from samurai_onnx.runtime.engine import EngineSettings
+from samurai_onnx.runtime.engine.captured import MAX_GRAPHS
+from samurai_onnx.runtime.engine.onnxruntime import OrtEngine
+from samurai_onnx.runtime.tracker import Prompt, Tracker
+
+
+def _fixed_tracker(bundle: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> Tracker:
+    monkeypatch.setattr(
+        tracker_module, "create_engine", lambda settings: OrtEngine(settings, fixed_buffers=True)
+    )
+    tracker = Tracker(bundle, **kwargs)
+    monkeypatch.undo()
+    return tracker
+
+
+def _video(tracker: Tracker, frames: list[np.ndarray], mask: np.ndarray) -> list[list[Any]]:
+    b0 = list(SYNTHETIC_BOX)
+    schedule = {
+        0: [Prompt(0, 0, box=b0), Prompt(0, 1, box=(300.0, 210.0, 70.0, 70.0))],
+        3: [Prompt(3, 2, points=((340.0, 250.0),), labels=(1,))],  # a late object, one click
+        5: [Prompt(5, 1, remove=True), Prompt(5, 3, mask=mask)],  # removal and a mask prompt
+    }
+    rows = []
+    for t, frame in enumerate(frames):
+        objs = tracker.step(frame, schedule.get(t, ()))
+        rows.append([(o.obj_id, o.mask.copy(), o.box, o.score, o.present) for o in objs])
+    return rows
+
+
+def test_the_tracker_is_unchanged_with_fixed_buffers(
+    tiny256_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = synthetic_frames(8)
+    mask = np.zeros(frames[0].shape[:2], np.uint8)
+    mask[200:260, 40:120] = 1
+    regular = Tracker(tiny256_bundle, num_frames=8)
+    fixed = _fixed_tracker(tiny256_bundle, monkeypatch, num_frames=8)
+    assert "fixed buffers" in fixed.engine.describe()
+    want = _video(regular, frames, mask)
+    got = _video(fixed, frames, mask)
+    for t, (a, b) in enumerate(zip(want, got, strict=True)):
+        assert [o[0] for o in a] == [o[0] for o in b], t
+        for (oid, m1, box1, s1, p1), (_, m2, box2, s2, p2) in zip(a, b, strict=True):
+            where = f"frame {t}, object {oid}"
+            np.testing.assert_array_equal(m1, m2, err_msg=where)
+            assert (box1, s1, p1) == (box2, s2, p2), where
+    # the fixed path really ran: signatures seen twice got their buffers
+    captured = {n: s.captured for n, s in fixed.graphs.sessions.items()}  # type: ignore[attr-defined]
+    assert all(c is not None for c in captured.values())
+    assert captured["image_encoder"].captures and captured["memory_encoder"].captures
+    assert len(captured["memory_encoder"].captures) <= MAX_GRAPHS
+
+
+def _add_graph(tmp_path: Path) -> tuple[Path, GraphContract]:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, ["n", 3])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["s"])], "g", [x, y], [s])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "add.onnx"
+    onnx.save(model, str(path))
+    contract = GraphContract(
+        "add",
+        (TensorSpec("x", "float32", ("n", 3)), TensorSpec("y", "float32", ("n", 3))),
+        (TensorSpec("s", "float32", ("n", 3)),),
+    )
+    return path, contract
+
+
+def test_signatures_buffers_and_bounds(tmp_path: Path) -> None:
+    """A signature gets fixed buffers the second time it is seen; host feeds are copied into
+    them on every run (the caller's arrays are never written); outputs keep their buffer."""
+    path, contract = _add_graph(tmp_path)
+    engine = OrtEngine(EngineSettings(), fixed_buffers=True)
+    session = engine.load(path, contract)
+    runs = session.captured  # type: ignore[attr-defined]
+    x = np.ones((2, 3), np.float32)
+    first = engine.download(session.run({"x": x, "y": x})["s"])
+    assert not runs.captures and len(runs.seen) == 1
+    second = engine.download(session.run({"x": x, "y": 2 * x})["s"])
+    assert len(runs.captures) == 1
+    out3 = session.run({"x": x, "y": 3 * x})["s"]
+    out4 = session.run({"x": 2 * x, "y": 3 * x})["s"]
+    assert out3 is out4  # the signature's output buffer, rewritten
+    np.testing.assert_array_equal(first, 2 * x)
+    np.testing.assert_array_equal(second, 3 * x)
+    np.testing.assert_array_equal(engine.download(out4), 5 * x)
+    assert (x == 1).all()  # the caller's array was not used as the fixed buffer
+    # another shape is another signature; a device value's buffer is part of the signature
+    dev = engine.upload(np.full((4, 3), 7, np.float32))
+    for _ in range(2):
+        got = engine.download(session.run({"x": dev, "y": np.ones((4, 3), np.float32)})["s"])
+        np.testing.assert_array_equal(got, np.full((4, 3), 8, np.float32))
+    assert len(runs.captures) == 2
+    # no more than MAX_GRAPHS signatures get buffers; the others run as before
+    for n in range(5, 6 + MAX_GRAPHS):
+        for _ in range(2):
+            ones = np.ones((n, 3), np.float32)
+            got = engine.download(session.run({"x": ones, "y": ones})["s"])
+            np.testing.assert_array_equal(got, np.full((n, 3), 2, np.float32))
+    assert len(runs.captures) == MAX_GRAPHS
