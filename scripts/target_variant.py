@@ -7,6 +7,8 @@ Variants (join with ``+``):
   dense    ``depthwise: dense``: depthwise convolutions as dense block-diagonal ones
   nhwc     the CUDA provider's ``prefer_nhwc: 1`` (cuDNN's NHWC kernels)
   unfused  ``fused_attention: false``: attention as MatMul/Softmax/MatMul (cuBLAS on a GPU)
+  graph    the CUDA provider's ``enable_cuda_graph: 1``: CUDA graphs, replayed per run signature
+           (runtime/engine/captured.py)
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ def _dense(data: dict[str, Any]) -> None:
     data["depthwise"] = "dense"
 
 
-def _nhwc(data: dict[str, Any]) -> None:
-    if "CUDAExecutionProvider" not in data.get("providers", []):
-        raise ValueError("nhwc: the target does not use CUDAExecutionProvider")
-    options = data.setdefault("provider_options", {}) or {}
-    data["provider_options"] = options
-    options.setdefault("CUDAExecutionProvider", {})["prefer_nhwc"] = 1
+def _cuda_option(variant: str, key: str) -> Callable[[dict[str, Any]], None]:
+    def apply(data: dict[str, Any]) -> None:
+        if "CUDAExecutionProvider" not in data.get("providers", []):
+            raise ValueError(f"{variant}: the target does not use CUDAExecutionProvider")
+        options = data.get("provider_options") or {}
+        data["provider_options"] = options
+        options.setdefault("CUDAExecutionProvider", {})[key] = 1
+
+    return apply
 
 
 def _unfused(data: dict[str, Any]) -> None:
@@ -38,8 +43,9 @@ def _unfused(data: dict[str, Any]) -> None:
 
 VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "dense": _dense,
-    "nhwc": _nhwc,
+    "nhwc": _cuda_option("nhwc", "prefer_nhwc"),
     "unfused": _unfused,
+    "graph": _cuda_option("graph", "enable_cuda_graph"),
 }
 
 

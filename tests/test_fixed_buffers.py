@@ -44,7 +44,8 @@ def _video(tracker: Tracker, frames: list[np.ndarray], mask: np.ndarray) -> list
     rows = []
     for t, frame in enumerate(frames):
         objs = tracker.step(frame, schedule.get(t, ()))
-        rows.append([(o.obj_id, o.mask.copy(), o.box, o.score, o.present) for o in objs])
+        # kept as returned: results must stay valid after later frames (no copy here)
+        rows.append([(o.obj_id, o.mask, o.box, o.score, o.present) for o in objs])
     return rows
 
 
@@ -120,3 +121,48 @@ def test_signatures_buffers_and_bounds(tmp_path: Path) -> None:
             got = engine.download(session.run({"x": ones, "y": ones})["s"])
             np.testing.assert_array_equal(got, np.full((n, 3), 2, np.float32))
     assert len(runs.captures) == MAX_GRAPHS
+
+
+def test_cuda_graph_sessions_carry_graph_ids_and_fall_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With CUDA graphs on, runs carry ``gpu_graph_id`` (-1: not captured, 1.. per signature;
+    the CPU provider ignores it, so the run path is exercised here); a graph ONNX Runtime
+    refuses to capture is loaded again without the option, runs as before, and says so."""
+    from samurai_onnx.runtime.engine.onnxruntime import create_session
+
+    path, contract = _add_graph(tmp_path)
+    engine = OrtEngine(EngineSettings())
+    engine.cuda_graph = engine.fixed_buffers = True  # as if the CUDA provider had the option
+    ids: list[str] = []
+    session = engine.load(path, contract)
+    original = session._run_options  # type: ignore[attr-defined]
+
+    def spy(graph_id: int) -> Any:
+        ids.append(str(graph_id))
+        return original(graph_id)
+
+    session.captured.run_options = spy  # type: ignore[attr-defined]
+    x = np.ones((2, 3), np.float32)
+    for k in range(3):
+        got = engine.download(session.run({"x": x, "y": k * x})["s"])
+        np.testing.assert_array_equal(got, (k + 1) * x)
+    assert ids == ["-1", "-1", "1"]  # seen, prepared (run as before), then its graph
+
+    calls: list[Any] = []
+
+    def refuse_once(p: Path, providers: Any) -> Any:
+        calls.append(providers)
+        if len(calls) == 1:
+            raise RuntimeError(
+                "This session cannot use the graph capture feature as requested by the user as "
+                "all compute graph nodes have not been partitioned to the CUDAExecutionProvider"
+            )
+        return create_session(p, providers)
+
+    monkeypatch.setattr(engine, "_session", refuse_once)
+    with caplog.at_level("WARNING"):
+        fallback = engine.load(path, contract)
+    assert len(calls) == 2 and "no CUDA graph" in caplog.text
+    assert fallback.captured is None and not fallback.graph_ids  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(engine.download(fallback.run({"x": x, "y": x})["s"]), 2 * x)

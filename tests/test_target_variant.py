@@ -25,6 +25,9 @@ def test_each_variant_changes_what_it_names(tmp_path: Path) -> None:
     cuda = both.provider_options["CUDAExecutionProvider"]
     assert cuda["prefer_nhwc"] == 1 and cuda["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     assert both.depthwise == "grouped" and both.precision == "fp16"
+    graph = load_target_manifest(write_variant("cuda-fp16", "dense+graph", tmp_path / "c.yaml"))
+    assert graph.provider_options["CUDAExecutionProvider"]["enable_cuda_graph"] == 1
+    assert graph.depthwise == "dense"
 
 
 @pytest.mark.parametrize(
@@ -32,6 +35,7 @@ def test_each_variant_changes_what_it_names(tmp_path: Path) -> None:
     [
         ("cuda", "dense+sparse", "unknown variant 'sparse'"),
         ("cpu", "nhwc", "does not use CUDAExecutionProvider"),
+        ("cpu-int8", "graph", "does not use CUDAExecutionProvider"),
         ("gpu", "dense", "no such target"),
     ],
 )

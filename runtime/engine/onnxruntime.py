@@ -276,7 +276,8 @@ class OrtEngine(Engine):
             try:
                 session = self._session(path, self.providers)
             except Exception as exc:
-                if not cuda_graph or "CUDA Graph" not in str(exc):
+                text = str(exc).lower()
+                if not cuda_graph or ("cuda graph" not in text and "graph capture" not in text):
                     raise
                 # e.g. a node ONNX Runtime keeps on the CPU: this graph runs without one
                 log.warning("%s: no CUDA graph (%s)", path.name, one_line(exc))
