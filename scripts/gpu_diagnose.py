@@ -54,9 +54,15 @@ PROFILE_RUNS = 6
 
 def _providers(bundle: Any, device: str, extra: dict[str, Any] | None = None) -> list[Any]:
     """The bundle's providers and options for ``device`` (as the runtime resolves them), with
-    ``extra`` options for the CUDA provider."""
+    ``extra`` options for the CUDA provider. A target's own ``enable_cuda_graph`` is left out:
+    it needs the engine's fixed buffers, and the CUDA-graph variant here sets it itself."""
+
+    def cuda(opts: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in opts.items() if k != "enable_cuda_graph"}
+        return {**kept, **(extra or {})}
+
     return [
-        (name, {**opts, **(extra or {})} if name == "CUDAExecutionProvider" else opts)
+        (name, cuda(opts) if name == "CUDAExecutionProvider" else opts)
         for name, opts in engine_settings(bundle, device, None).providers
     ]
 
