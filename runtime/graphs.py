@@ -89,6 +89,24 @@ class MemoryPools:
         self._spare = (self.engine.upload(mem), self.engine.upload(ptr))
         self.blocks = grow
 
+    def adopt(self, finished: MemoryPools) -> None:
+        """Take over the buffers of a finished video's pools (same slot layout).
+
+        Why: a graph's run signature names the buffers it reads and writes (see
+        ``engine/captured.py``), so with the same pools from one video to the next the
+        signatures repeat and CUDA graphs captured for them are replayed, not captured anew
+        until the engine's limit is reached. What the buffers hold from the last video is never
+        read: the memory bank reads only slots it has written in this video.
+        """
+        layout = (self.memory_slots, self.ptr_slots, self._memory_item, self._ptr_item)
+        theirs = (finished.memory_slots, finished.ptr_slots, finished._memory_item, finished._ptr_item)
+        if layout != theirs or not finished.blocks:
+            return
+        self.blocks, self.memory, self.ptr = finished.blocks, finished.memory, finished.ptr
+        self._spare = finished._spare
+        finished.blocks, finished.memory, finished.ptr = 0, None, None
+        finished._spare = (None, None)
+
     def memory_index(self, block: int, slot: int) -> int:
         return block * self.memory_slots + slot
 

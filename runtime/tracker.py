@@ -305,6 +305,7 @@ class Tracker:
         self.num_frames = num_frames
         self._num_frames_given = num_frames
         self.session: VideoSession | None = None
+        self._last_pools: MemoryPools | None = None
         log.debug("tracker on %s, processing %s", self.engine.describe(), self.graphs.processing)
 
     # -- public API ---------------------------------------------------------------------------
@@ -447,6 +448,9 @@ class Tracker:
     def _new_session(self) -> VideoSession:
         bank = self._bank()
         pools = MemoryPools(self.engine, self.bundle, bank.memory_slots, bank.pointer_slots)
+        if self._last_pools is not None:  # the previous video's buffers (see MemoryPools.adopt)
+            pools.adopt(self._last_pools)
+        self._last_pools = pools
         return VideoSession(pools=pools)
 
     def _bank(self) -> MemoryBank:
