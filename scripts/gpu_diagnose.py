@@ -92,8 +92,9 @@ def _with_node_outputs(path: Path) -> tuple[bytes, dict[str, str]]:
 
 def _static(model: Path | bytes, feeds: dict[str, np.ndarray]) -> bytes:
     """``model`` with its inputs fixed to the feeds' shapes and onnxsim's folding run: what a
-    fixed-shape target would build (CUDA graphs need every node on the GPU, and the dynamic
-    graphs' shape arithmetic runs on the CPU)."""
+    fixed-shape target would build (the dynamic graphs' shape arithmetic runs on the CPU between
+    the kernels; ONNX Runtime captures CUDA graphs over it, with a warning, but not over a
+    compute node that needs a copy to the CPU)."""
     import onnxsim
 
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))

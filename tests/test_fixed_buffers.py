@@ -177,5 +177,6 @@ def test_cuda_graph_sessions_carry_graph_ids_and_fall_back(
     with caplog.at_level("WARNING"):
         fallback = engine.load(path, contract)
     assert len(calls) == 2 and "no CUDA graph" in caplog.text
+    assert "CUDA graphs except add" in engine.describe()
     assert fallback.captured is None and not fallback.graph_ids  # type: ignore[attr-defined]
     np.testing.assert_array_equal(engine.download(fallback.run({"x": x, "y": x})["s"]), 2 * x)

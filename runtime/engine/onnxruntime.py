@@ -269,6 +269,7 @@ class OrtEngine(Engine):
             "enable_cuda_graph", options.get("enable_cuda_graph", 0)
         ) not in ("0", "false", "False", "")
         self.fixed_buffers = self.cuda_graph if fixed_buffers is None else fixed_buffers
+        self.uncaptured: list[str] = []  # graphs ONNX Runtime would not capture (see load)
 
     def load(self, path: Path, contract: GraphContract) -> OrtGraphSession:
         cuda_graph = self.cuda_graph
@@ -281,6 +282,7 @@ class OrtEngine(Engine):
                     raise
                 # e.g. a node ONNX Runtime keeps on the CPU: this graph runs without one
                 log.warning("%s: no CUDA graph (%s)", path.name, one_line(exc))
+                self.uncaptured.append(path.stem)
                 cuda_graph = False
                 first, options = self.providers[0]
                 options = {k: v for k, v in options.items() if k != "enable_cuda_graph"}
@@ -332,5 +334,8 @@ class OrtEngine(Engine):
 
     def describe(self) -> str:
         names = ", ".join(p for p, _ in self.providers)
-        mode = "; CUDA graphs" if self.cuda_graph else "; fixed buffers" if self.fixed_buffers else ""
+        mode = "; fixed buffers" if self.fixed_buffers else ""
+        if self.cuda_graph:
+            refused = f" except {', '.join(self.uncaptured)}" if self.uncaptured else ""
+            mode = f"; CUDA graphs{refused}"
         return f"onnxruntime {ort.__version__} ({names}), values on {self.device}{mode}"
