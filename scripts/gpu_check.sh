@@ -45,10 +45,15 @@ if [ -z "$VIDEO" ]; then
 fi
 BOX=${BOX:?give the first-frame box of VIDEO as BOX=x,y,w,h}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
+mark() {  # how long each step took, for planning the next run: OUT/timeline.txt
+  echo "[${SECONDS}s] $*" | tee -a "$OUT/timeline.txt"
+}
 compile() {  # compile TARGET (a name or a file) into $WORK/tiny-NAME
   samurai-compile tiny --target "$1" --checkpoint "$CKPT" --out "$WORK/tiny-$2" \
     >"$WORK/compile-$2.log" 2>&1 || { cat "$WORK/compile-$2.log"; exit 1; }
+  mark "compiled $2"
 }
+mark "start: TARGETS=$TARGETS STEPS=$STEPS VARIANTS=$VARIANTS FRAMES=$FRAMES REPEATS=$REPEATS"
 for target in $TARGETS; do
   compile "$target" "$target"
   compare=()
@@ -58,7 +63,7 @@ for target in $TARGETS; do
       [[ "${variant%%:*}" == "$target" ]] || continue
       variant=${variant#*:}
     fi
-    python3 scripts/target_variant.py "$target" "$variant" "$WORK/targets/$target-$variant.yaml"
+    python3 scripts/target_variant.py "$target" "$variant" "$WORK/targets/$target-$variant.yaml" >/dev/null
     compile "$WORK/targets/$target-$variant.yaml" "$target-$variant"
     compare+=(--compare "$WORK/tiny-$target-$variant")
   done
@@ -66,12 +71,15 @@ for target in $TARGETS; do
     samurai-bench "$WORK/tiny-$target" ${compare[@]+"${compare[@]}"} --device "$DEVICE" --checkpoint "$CKPT" \
       --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
       --batch-sizes 1,4 --repeats "$REPEATS" \
-      --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"
+      --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md" ||
+      echo "samurai-bench failed for $target (see above)"
+    mark "bench $target"
   fi
   if [[ " $STEPS " == *" diagnose "* ]]; then
     python3 scripts/gpu_diagnose.py "$WORK/tiny-$target" --out "$OUT/diag-$target" \
       --device "$DEVICE" --repeats "$REPEATS" --frames 10 --checkpoint "$CKPT" ||
       echo "gpu_diagnose.py failed for $target (see above)"
+    mark "diagnose $target"
   fi
 done
-echo "results in $OUT: bench-TARGET.md (+ .json), diag-TARGET/diagnose.md (+ .json), gpu.txt"
+echo "results in $OUT: bench-TARGET.md (+ .json), diag-TARGET/diagnose.md (+ .json), gpu.txt, timeline.txt"

@@ -158,6 +158,10 @@ def test_bench_compares_bundles_in_one_run(tiny256_bundle: Path, tmp_path: Path)
     md = to_markdown(report)
     assert "compared with `" in md and "| memory_encoder (variant) | 1 |" in md
     assert "| onnx variant | 1 |" in md and "| onnx | 1 |" in md
+    # a compared bundle that cannot run is reported; the others' numbers stand
+    broken = benchmark({**args, "compare": [str(tmp_path / "absent")]}, reference=False)
+    assert set(broken["sides"]) == {"onnx"} and "onnx absent" in broken["failed"]
+    assert "| onnx absent | failed: the onnx benchmark failed" in to_markdown(broken)
 
     data = yaml.safe_load((other / MANIFEST_NAME).read_text())
     data["source_checkpoint"]["sha256"] = "0" * 64

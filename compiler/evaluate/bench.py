@@ -399,17 +399,28 @@ def benchmark(args: dict[str, Any], *, reference: bool = True) -> dict[str, Any]
     each other come from the same run on the same machine."""
     with tempfile.TemporaryDirectory() as work:
         args = {**args, "work_dir": work}
-        sides = [
-            _subprocess("onnx", {**args, "bundle": path, "side": name, "masks_name": f"onnx{i}"})
-            for i, (name, path) in enumerate(compared_sides(args))
-        ]
-        ref = None
+        sides: list[SideResult] = []
+        failed: dict[str, str] = {}
+        for i, (name, path) in enumerate(compared_sides(args)):
+            try:
+                sides.append(
+                    _subprocess(
+                        "onnx", {**args, "bundle": path, "side": name, "masks_name": f"onnx{i}"}
+                    )
+                )
+            except RuntimeError as exc:
+                if i == 0:
+                    raise
+                failed[name] = str(exc)  # a compared bundle that fails is a result, not the end
+        ref: SideResult | None = None
         if reference:
             ref = _subprocess("torch", args)
             sides.append(ref)
             if args["device"] in ("cuda", "tensorrt"):
                 sides.append(_subprocess("torch", {**args, "autocast": True}))
         report: dict[str, Any] = {"machine": machine(), "args": args, "sides": {}}
+        if failed:
+            report["failed"] = failed
         for s in sides:
             entry = _as_dict(s)
             entry.pop("masks_file")  # a temporary file of this run
@@ -506,6 +517,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                 + (" - |" if half else "")
                 + f" {e['frames_timed']} | - | - |"
             )
+    for name, error in (report.get("failed") or {}).items():
+        lines.append(f"| {name} | failed: {error} |")
     if ref is not None and any(n != "1" for o in onnx_sides.values() for n in o["end_to_end"]):
         lines += [
             "",

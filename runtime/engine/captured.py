@@ -60,6 +60,7 @@ class Capture:
     binding: Any
     host_inputs: dict[str, Any]  # persistent engine values, updated from the host feeds
     outputs: dict[str, Any]  # every output's value: preallocated, or the one written into
+    bound: list[Any]  # every bound value, kept alive (a CPU value does not own its memory)
 
 
 class CapturedRuns:
@@ -137,11 +138,13 @@ class CapturedRuns:
         }
         binding = self.session.io_binding()
         host_inputs: dict[str, Any] = {}
+        bound: list[Any] = []
         for name in self.contract.input_names:
             value = feeds[name]
             if isinstance(value, np.ndarray):  # a buffer of our own: the caller's may change
                 value = host_inputs[name] = self.upload(np.array(value, copy=True))
             binding.bind_ortvalue_input(name, ort_value(value))
+            bound.append(value)
         outputs: dict[str, Any] = {}
         for name in self.contract.output_names:
             if name in into:
@@ -152,7 +155,7 @@ class CapturedRuns:
             binding.bind_ortvalue_output(name, ort_value(outputs[name]))
         graph_id = len(self.captures) + 1  # 0 is ONNX Runtime's default id, -1 no capture
         log.debug("%s: graph id %d for %s", self.contract.name, graph_id, shapes)
-        return Capture(graph_id, binding, host_inputs, outputs), result
+        return Capture(graph_id, binding, host_inputs, outputs, bound), result
 
 
 def _update(value: Any, array: np.ndarray) -> None:
