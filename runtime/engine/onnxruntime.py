@@ -218,7 +218,8 @@ class OrtGraphSession(GraphSession):
         try:
             if self.captured is not None:
                 return self.captured.run(feeds, into, self._regular)
-            return self._regular(feeds, into, None)
+            # never ONNX Runtime's default graph id 0, which would capture whatever is bound
+            return self._regular(feeds, into, self._run_options(-1))
         except Exception as exc:
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
