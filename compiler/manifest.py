@@ -136,8 +136,12 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
         quantization = None
     elif isinstance(quant, dict):
         qw = f"{where}.quantization"
-        _unknown(quant, {"mode", "op_types"}, qw)
+        _unknown(quant, {"mode", "op_types", "per_channel"}, qw)
         _choice(quant.get("mode"), ("dynamic",), f"{qw}.mode")
+        if not isinstance(quant.get("per_channel", False), bool):
+            raise ManifestError(
+                f"{qw}.per_channel: expected true or false, got {short(quant['per_channel'])}"
+            )
         ops = quant.get("op_types", ["MatMul", "Gemm"])
         if not isinstance(ops, list) or not ops or not all(_kind_ok(o, str) for o in ops):
             raise ManifestError(
@@ -146,7 +150,8 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
         quantization = dict(quant)
     else:
         raise ManifestError(
-            f"{where}.quantization: {short(quant)}; use 'none' or {{mode: dynamic, op_types: [...]}}"
+            f"{where}.quantization: {short(quant)}; use 'none' or "
+            "{mode: dynamic, op_types: [...], per_channel: true|false}"
         )
     tol = data.get("tolerance", {})
     if not isinstance(tol, dict):

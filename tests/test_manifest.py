@@ -136,6 +136,11 @@ MODEL_CASES: dict[str, tuple[Edit, str, str]] = {
         "components.image_encoder.quantization.mode",
         "dynamic",
     ),
+    "quantization_per_channel": (
+        _set("components.image_encoder.quantization.per_channel", "yes"),
+        "components.image_encoder.quantization.per_channel",
+        "expected true or false",
+    ),
     "quantization_ops": (
         _set("components.image_encoder.quantization.op_types", "MatMul"),
         "components.image_encoder.quantization.op_types",
