@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from samurai_onnx.runtime import policy
-from samurai_onnx.runtime.bundle import Bundle, check_overrides, load_bundle
+from samurai_onnx.runtime.bundle import PROCESSING, Bundle, check_overrides, load_bundle
 from samurai_onnx.runtime.documents import check_threads
 from samurai_onnx.runtime.engine import EngineSettings, create_engine
 from samurai_onnx.runtime.engine.base import DEVICES
@@ -288,8 +288,8 @@ class Tracker:
         )
         if device is not None and device not in DEVICES:
             raise TrackerError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-        if processing is not None and processing not in ("graph", "host"):
-            raise TrackerError(f"processing {processing!r} is not one of graph, host")
+        if processing is not None and processing not in PROCESSING:
+            raise TrackerError(f"processing {processing!r} is not one of {', '.join(PROCESSING)}")
         threads = check_threads(threads, "threads", error=TrackerError)
         self.engine = create_engine(engine_settings(self.bundle, device, threads, profile_prefix))
         self.graphs = SamuraiGraphs(self.bundle, self.engine, processing=processing)

@@ -100,7 +100,7 @@ def bench(
     checkpoint get their own rows in the same run."""
     from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
     from samurai_onnx.compiler.evaluate.oracle import reference_checkpoint
-    from samurai_onnx.runtime.bundle import BundleError, load_bundle
+    from samurai_onnx.runtime.bundle import PROCESSING, BundleError, load_bundle
     from samurai_onnx.runtime.tracker import TrackerError, parse_box
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -135,8 +135,8 @@ def bench(
             if other.resolve() == bundle.resolve():
                 raise ValueError(f"--compare {other}: that is the bundle being benchmarked")
         args["compare"] = [str(c) for c in compare]
-        if processing not in (None, "graph", "host"):
-            raise ValueError(f"--processing {processing!r} is not one of graph, host")
+        if processing is not None and processing not in PROCESSING:
+            raise ValueError(f"--processing {processing!r} is not one of {', '.join(PROCESSING)}")
         if not no_reference:
             args["checkpoint"] = str(
                 reference_checkpoint(info.model_name, info.source_checkpoint_sha256, checkpoint)

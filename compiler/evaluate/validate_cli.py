@@ -46,7 +46,7 @@ def validate(
     (IoU >= 0.99 and boxes within 1 px for fp32 bundles, IoU >= 0.95 otherwise)."""
     from samurai_onnx.compiler.evaluate.oracle import OracleUnavailable, reference_checkpoint
     from samurai_onnx.compiler.evaluate.validate import validate as run_validation
-    from samurai_onnx.runtime.bundle import BundleError, load_bundle
+    from samurai_onnx.runtime.bundle import PROCESSING, BundleError, load_bundle
     from samurai_onnx.runtime.engine import EngineError
     from samurai_onnx.runtime.tracker import TrackerError, parse_box
     from samurai_onnx.runtime.video import VideoError
@@ -60,8 +60,8 @@ def validate(
             if stable_frames_threshold is None
             else {"stable_frames_threshold": stable_frames_threshold}
         )
-        if processing not in (None, "graph", "host"):
-            raise ValueError(f"--processing {processing!r} is not one of graph, host")
+        if processing is not None and processing not in PROCESSING:
+            raise ValueError(f"--processing {processing!r} is not one of {', '.join(PROCESSING)}")
         report = run_validation(
             bundle,
             video,
