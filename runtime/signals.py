@@ -10,8 +10,8 @@ loop calls ``StopFlag.check()`` between frames, so the frame in progress is fini
 to every output before the run stops. A second signal stops at once. ``deferred=False``
 (``samurai-compile``) raises at once, so its cleanup (removing the staging folder) runs, and the
 compile also calls ``StopFlag.honour()`` after every pass and before the bundle is put in
-place, in case a library swallowed that raise. After the stop has been raised, further signals are ignored so that cleanup is not cut
-short.
+place, in case a library swallowed that raise. After the stop has been raised, further signals
+are ignored so that cleanup is not cut short.
 """
 
 from __future__ import annotations

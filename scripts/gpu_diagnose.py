@@ -271,6 +271,8 @@ def main() -> None:
         args.tolerance = 1e-3 if bundle.target.get("precision", "fp32") == "fp32" else 2e-2
     report: dict[str, Any] = {"machine": machine(), "onnxruntime": ort.__version__,
                               "bundle": str(args.bundle), "providers": dev, "graphs": {}}  # fmt: skip
+    nhwc = _providers(bundle, "cuda", {"prefer_nhwc": 1})
+    graph = _providers(bundle, "cuda", {"enable_cuda_graph": 1})
     for name in [g for g in args.graphs.split(",") if g in bundle.components]:
         path = bundle.file(name)
         feeds = contract_feeds(name, 1, bundle.tracker, bundle.static_memory)
@@ -298,8 +300,6 @@ def main() -> None:
             label = key or "target"
             variants[label] = (model_or_path, dev, False)
             if args.device == "cuda" and name in MODEL_GRAPHS:
-                nhwc = _providers(bundle, "cuda", {"prefer_nhwc": 1})
-                graph = _providers(bundle, "cuda", {"enable_cuda_graph": 1})
                 if "static" not in label:  # NHWC is a question of kernels, not of shapes
                     variants[f"{label}+prefer_nhwc"] = (model_or_path, nhwc, False)
                 variants[f"{label}+cuda_graph"] = (model_or_path, graph, True)

@@ -273,18 +273,20 @@ class OrtEngine(Engine):
         self.uncaptured: list[str] = []  # graphs ONNX Runtime would not capture (see load)
 
     def load(self, path: Path, contract: GraphContract) -> OrtGraphSession:
-        cuda_graph = self.cuda_graph
+        refused = False  # ONNX Runtime would not capture this graph: it runs as before
         try:
             try:
                 session = self._session(path, self.providers)
             except Exception as exc:
                 text = str(exc).lower()
-                if not cuda_graph or ("cuda graph" not in text and "graph capture" not in text):
+                if not self.cuda_graph or (
+                    "cuda graph" not in text and "graph capture" not in text
+                ):
                     raise
                 # e.g. a node ONNX Runtime keeps on the CPU: this graph runs without one
                 log.warning("%s: no CUDA graph (%s)", path.name, one_line(exc))
                 self.uncaptured.append(path.stem)
-                cuda_graph = False
+                refused = True
                 first, options = self.providers[0]
                 options = {k: v for k, v in options.items() if k != "enable_cuda_graph"}
                 session = self._session(path, [(first, options), *self.providers[1:]])
@@ -303,8 +305,8 @@ class OrtEngine(Engine):
             contract,
             path,
             self,
-            fixed=self.fixed_buffers and (cuda_graph or not self.cuda_graph),
-            graph_ids=cuda_graph,
+            fixed=self.fixed_buffers and not refused,
+            graph_ids=self.cuda_graph and not refused,
         )
 
     def _session(
