@@ -108,6 +108,10 @@ def attention_lowering(spec: ComponentSpec, target: TargetManifest) -> str:
     )
 
 
+def _rounded(errors: dict[str, float]) -> dict[str, float]:
+    return {k: float(f"{v:.4g}") for k, v in errors.items()}
+
+
 def _signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     model = onnx.load(str(path), load_external_data=False)
 
@@ -133,6 +137,7 @@ class BuiltGraph:
     errors: dict[str, float]
     tolerance: float
     static: bool = False
+    plain: Path | None = None  # the exported (and simplified) fp32 graph, before other passes
 
 
 def _run_step(
@@ -181,14 +186,35 @@ def _build_model_graph(
     options: BuildOptions,
     on_pass: Callable[[PassReport], None],
     engine: Engine | None = None,
-) -> BuiltGraph:
+    form: str | None = None,
+    main: BuiltGraph | None = None,
+) -> BuiltGraph | None:
+    """Build ``name`` through every pass the target asks for, each checked against PyTorch.
+
+    ``form`` builds one of the target's alternatives instead of the main form, given the main
+    form's build ``main``; None when it does not apply to this graph (``dense`` without
+    depthwise convolutions, ``unfused`` where the main form has no fused attention). ``dense``
+    starts from the main form's exported (and simplified) graph instead of exporting again."""
     spec = manifest.components[name]
+    lowering = attention_lowering(spec, target)
+    if form == "unfused":
+        if lowering == spec.attention:
+            return None
+        lowering = spec.attention
+    dense_from: Path | None = None
+    if form == "dense":
+        assert main is not None and main.plain is not None, "made from the main form's graph"
+        if not count_depthwise(onnx.load(str(main.plain), load_external_data=False)):
+            return None
+        dense_from = main.plain
+    label = f"{name}/{form}" if form else name  # in pass reports and file names
+    stem = f"{name}.{form}" if form else name
     static = name == "memory_attention" and target.memory_shape == "static"
     graph = contract(name, settings.geometry, static=static)
     if not options.dynamic_batch:
         graph = graph.with_fixed(BATCH_AXES)
     wrapper = build_graph(name, model, settings, static=static)
-    set_attention_lowering(wrapper, attention_lowering(spec, target))
+    set_attention_lowering(wrapper, lowering)
     inputs = example_inputs(
         name, settings, static=static, objects=None if options.dynamic_batch else 1
     )
@@ -203,7 +229,7 @@ def _build_model_graph(
         runs_at = engine.run_precision(name, precision) if engine else precision
         tol = spec.tolerance.get(runs_at, 1e-4)
         path, errs = _run_step(
-            name,
+            label,
             pass_name,
             fn,
             lambda p: max_abs_errors(run_graph(p, inputs, engine, graph), reference),
@@ -217,29 +243,37 @@ def _build_model_graph(
         return path
 
     errors: dict[str, float] = {}
-    path = step(
-        "export",
-        "fp32",
-        lambda: export_graph(
-            wrapper, graph, inputs, work / f"{name}.export.onnx", opset=target.opset
-        ),
-    )
-    if options.simplify:
-        src = path
-        path = step("simplify", "fp32", lambda: simplify_graph(src, work / f"{name}.sim.onnx"))
-    if target.depthwise == "dense" and count_depthwise(
+    if dense_from is not None:
+        path = dense_from
+    else:
+        path = step(
+            "export",
+            "fp32",
+            lambda: export_graph(
+                wrapper, graph, inputs, work / f"{stem}.export.onnx", opset=target.opset
+            ),
+        )
+        if options.simplify:
+            src = path
+            path = step(
+                "simplify", "fp32", lambda: simplify_graph(src, work / f"{stem}.sim.onnx")
+            )
+    plain = path
+    if (target.depthwise == "dense" or form == "dense") and count_depthwise(
         onnx.load(str(path), load_external_data=False)
     ):
         src = path
-        path = step("dense-depthwise", "fp32", lambda: densify_file(src, work / f"{name}.dw.onnx"))
+        path = step(
+            "dense-depthwise", "fp32", lambda: densify_file(src, work / f"{stem}.dw.onnx")
+        )
     precision = "fp32"
     if target.precision == "fp16":
         src = path
-        path = step("fp16", "fp16", lambda: convert_fp16(src, work / f"{name}.fp16.onnx"))
+        path = step("fp16", "fp16", lambda: convert_fp16(src, work / f"{stem}.fp16.onnx"))
         precision = "fp16"
     if target.quantization == "int8" and spec.quantization is not None:
         src, qs = path, spec.quantization
-        path = step("int8", "int8", lambda: quantize_int8(src, work / f"{name}.int8.onnx", qs))
+        path = step("int8", "int8", lambda: quantize_int8(src, work / f"{stem}.int8.onnx", qs))
         precision = "int8" if precision == "fp32" else f"{precision}+int8"
     onnx_path = path
     if target.format == "ort":
@@ -247,11 +281,11 @@ def _build_model_graph(
         path = step(
             "ort-format",
             precision.split("+")[-1],
-            lambda: convert_to_ort(src, work / f"{name}.ort"),
+            lambda: convert_to_ort(src, work / f"{stem}.ort"),
         )
     declared = declared_precision(target.engine, target.engine_options, precision.split("+")[-1])
     tol = spec.tolerance.get(declared, 1e-4)
-    return BuiltGraph(path, onnx_path, precision, dict(errors), tol, static)
+    return BuiltGraph(path, onnx_path, precision, dict(errors), tol, static, plain)
 
 
 def _build_processing_graph(
@@ -357,6 +391,7 @@ def compile_bundle(
             "memory_shape": target.memory_shape,
             "processing": target.processing,
             "depthwise": target.depthwise,
+            "alternatives": list(target.alternatives),
             "engine": target.engine,
             "engine_options": target.engine_options,
         },
@@ -382,10 +417,20 @@ def compile_bundle(
         work = stage / ".work"
         work.mkdir()
         for name in chosen:
+            forms: dict[str, BuiltGraph] = {}
             if name in MODEL_GRAPHS:
-                built = _build_model_graph(
+                main = _build_model_graph(
                     name, model, manifest, target, settings, work, options, report, engine
                 )
+                assert main is not None  # the main form always applies
+                built = main
+                for form in target.alternatives:
+                    alt = _build_model_graph(
+                        name, model, manifest, target, settings, work, options, report, engine,
+                        form, main,
+                    )  # fmt: skip
+                    if alt is not None:
+                        forms[form] = alt
             else:
                 built = _build_processing_graph(
                     name, model, target, settings, work, options, report, engine
@@ -404,13 +449,25 @@ def compile_bundle(
                 "inputs": ins,
                 "outputs": outs,
                 "constants": graph_constants(name, settings),
-                "max_abs_error": {k: float(f"{v:.4g}") for k, v in built.errors.items()},
+                "max_abs_error": _rounded(built.errors),
                 "tolerance": built.tolerance,
             }
+            if forms:
+                entries[name]["alternatives"] = {}
+            for form, alt in forms.items():
+                file = f"{name}.{form}{alt.final.suffix}"
+                entries[name]["alternatives"][form] = {
+                    "file": file,
+                    "sha256": sha256_file(alt.final),
+                    "precision": alt.precision,
+                    "max_abs_error": _rounded(alt.errors),
+                }
+                shutil.move(alt.final, stage / file)
             shutil.move(built.final, stage / entries[name]["file"])
         shutil.rmtree(work)
         for k in kept:
-            staging.place(k.source, stage / k.entry["file"])
+            for rel, source in k.files.items():
+                staging.place(source, stage / rel)
             entries[k.name] = k.entry
         ordered = {c: entries[c] for c in COMPONENTS if c in entries}
         write_bundle_manifest(stage, {**header, "components": ordered})

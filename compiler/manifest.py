@@ -23,6 +23,7 @@ from samurai_onnx.runtime import documents
 from samurai_onnx.runtime.bundle import (
     DEPTHWISE,
     ENGINES,
+    FORMS,
     GEOMETRY_SETTINGS,
     PROCESSING,
     TrackerSettings,
@@ -96,6 +97,7 @@ class TargetManifest:
     fused_attention: bool = False  # may graphs use fused attention ops (ORT contrib kernels)?
     processing: str = "graph"  # pre/postprocessing in graphs, or on the host (exact parity)
     depthwise: str = "grouped"  # depthwise convolutions as grouped Conv, or dense (GPU)
+    alternatives: tuple[str, ...] = ()  # other forms of graphs, the fastest runs (bundle.FORMS)
     engine: str = "onnxruntime"
     engine_options: dict[str, Any] = field(default_factory=dict)
 
@@ -281,6 +283,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "fused_attention",
             "processing",
             "depthwise",
+            "alternatives",
             "engine",
             "engine_options",
         },
@@ -335,6 +338,18 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
     def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
         return _choice(data.get(key, default), allowed, _at(where, key))
 
+    depthwise = choice("depthwise", "grouped", DEPTHWISE)
+    alternatives = _alternatives(data.get("alternatives") or [], _at(where, "alternatives"))
+    if "dense" in alternatives and depthwise == "dense":
+        raise ManifestError(
+            f"{_at(where, 'alternatives')}: dense is already the main form (depthwise: dense); "
+            "drop one of them"
+        )
+    if "unfused" in alternatives and not fused_attention:
+        raise ManifestError(
+            f"{_at(where, 'alternatives')}: unfused needs fused_attention: true (without it the "
+            "graphs are unfused already); drop it or set fused_attention: true"
+        )
     return TargetManifest(
         path=path,
         name=name,
@@ -347,10 +362,21 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         memory_shape=choice("memory_shape", "dynamic", MEMORY_SHAPES),
         fused_attention=fused_attention,
         processing=choice("processing", "graph", PROCESSING),
-        depthwise=choice("depthwise", "grouped", DEPTHWISE),
+        depthwise=depthwise,
+        alternatives=alternatives,
         engine=choice("engine", "onnxruntime", ENGINES),
         engine_options=engine_options,
     )
+
+
+def _alternatives(value: Any, where: str) -> tuple[str, ...]:
+    """A target's ``alternatives``: a list of distinct form names (``bundle.FORMS``)."""
+    if not isinstance(value, list):
+        raise ManifestError(f"{where}: expected a list of {', '.join(FORMS)}, got {short(value)}")
+    names = tuple(_choice(v, FORMS, f"{where}[{i}]") for i, v in enumerate(value[: len(FORMS) + 1]))
+    if len(set(names)) != len(value):
+        raise ManifestError(f"{where}: each of {', '.join(FORMS)} at most once, got {short(value)}")
+    return names
 
 
 def _locate(path: str | Path, folder: str) -> Path:

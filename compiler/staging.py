@@ -49,7 +49,7 @@ class OutputError(ValueError):
 @dataclass(frozen=True)
 class KeptComponent:
     name: str
-    source: Path  # the graph file in the existing bundle
+    files: dict[str, Path]  # its graph files (main form and alternatives): name -> existing file
     entry: dict[str, Any]  # its bundle.yaml entry, unchanged
 
 
@@ -139,13 +139,21 @@ def kept_components(
         where = f"{existing / MANIFEST_NAME}: components.{name}"
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise OutputError(f"{where}: malformed entry {short(entry)}; build all components")
-        source = _inside(existing, entry["file"], where)
-        if not source.is_file() or sha256_file(source) != str(entry.get("sha256", "")).lower():
-            raise OutputError(
-                f"{where}: {short(entry['file'])} is missing or does not match its sha256; "
-                "build all components (leave out --components)"
-            )
-        kept.append(KeptComponent(name, source, dict(entry)))
+        forms = entry.get("alternatives") or {}
+        if not isinstance(forms, dict) or not all(
+            isinstance(f, dict) and isinstance(f.get("file"), str) for f in forms.values()
+        ):
+            raise OutputError(f"{where}.alternatives: malformed {short(forms)}; build all components")
+        files = {}
+        for item in (entry, *forms.values()):
+            source = _inside(existing, item["file"], where)
+            if not source.is_file() or sha256_file(source) != str(item.get("sha256", "")).lower():
+                raise OutputError(
+                    f"{where}: {short(item['file'])} is missing or does not match its sha256; "
+                    "build all components (leave out --components)"
+                )
+            files[item["file"]] = source
+        kept.append(KeptComponent(name, files, dict(entry)))
     return kept
 
 

@@ -51,6 +51,13 @@ PROCESSING = ("graph", "host")  # pre/postprocessing in graphs, or on the host (
 # block-diagonal weights (compiler/passes/depthwise.py: the same numbers, 256x the multiply-adds,
 # one tensor-core kernel on a GPU where cuDNN's depthwise kernels are slow).
 DEPTHWISE = ("grouped", "dense")
+# Other forms of a graph a target may have the compiler add next to the main one (its
+# ``alternatives``): the same computation written for other kernels (``dense``: depthwise
+# convolutions as above; ``unfused``: attention as MatMul/Softmax/MatMul instead of a fused
+# kernel), each checked against PyTorch like the main form. Which kernels are fastest depends on
+# the device, so the runtime times the forms where it runs and keeps the fastest
+# (runtime/engine/forms.py).
+FORMS = ("dense", "unfused")
 DIGEST_NAME = "bundle.yaml.sha256"  # sha256sum format: "<hex>  bundle.yaml"
 COMPONENTS = GRAPHS
 
@@ -237,6 +244,18 @@ class ComponentInfo:
     max_abs_error: dict[str, float] = field(default_factory=dict)
     tolerance: float = 0.0
     constants: dict[str, Any] = field(default_factory=dict)  # settings baked into the graph
+    alternatives: dict[str, AlternativeInfo] = field(default_factory=dict)  # by form (FORMS)
+
+
+@dataclass(frozen=True)
+class AlternativeInfo:
+    """Another form of a component's graph (``FORMS``): same contract, other kernels."""
+
+    form: str
+    file: str
+    sha256: str
+    precision: str
+    max_abs_error: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -250,8 +269,10 @@ class Bundle:
     components: dict[str, ComponentInfo]
     source_checkpoint_sha256: str = ""
 
-    def file(self, component: str) -> Path:
-        return self.path / self.components[component].file
+    def file(self, component: str, form: str | None = None) -> Path:
+        """The graph file of ``component``: its main form, or the alternative ``form``."""
+        info = self.components[component]
+        return self.path / (info.alternatives[form].file if form else info.file)
 
     @property
     def static_memory(self) -> bool:
@@ -319,10 +340,11 @@ _TARGET_KEYS = {
     "memory_shape": str,
     "processing": str,
     "depthwise": str,
+    "alternatives": list,
     "engine": str,
     "engine_options": dict,
 }
-_OPTIONAL = ("static", "attention", "max_abs_error", "constants")
+_OPTIONAL = ("static", "attention", "max_abs_error", "constants", "alternatives")
 _COMPONENT_KEYS = {
     "file": str,
     "sha256": str,
@@ -334,7 +356,9 @@ _COMPONENT_KEYS = {
     "outputs": list,
     "max_abs_error": dict,
     "tolerance": float,
+    "alternatives": dict,
 }
+_ALTERNATIVE_KEYS = {"file": str, "sha256": str, "precision": str, "max_abs_error": dict}
 
 
 def _section(
@@ -426,7 +450,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
         "target",
         where,
         _TARGET_KEYS,
-        optional=("provider_options", "processing", "depthwise", "engine", "engine_options"),
+        optional=(
+            "provider_options",
+            "processing",
+            "depthwise",
+            "alternatives",
+            "engine",
+            "engine_options",
+        ),
     )
     tw = _at(where, "target")
     for key, allowed in (
@@ -439,6 +470,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
                 f"{tw}.{key}: {short(target[key])} is not one of {', '.join(allowed)}; "
                 "rebuild the bundle"
             )
+    forms = target.get("alternatives", [])
+    if len(forms) > len(FORMS) or not all(f in FORMS for f in forms):
+        raise BundleError(
+            f"{tw}.alternatives: expected a list of {', '.join(FORMS)}, got {short(forms)}; "
+            "rebuild the bundle"
+        )
     providers = target["providers"]
     if not providers or len(providers) > 16 or not all(isinstance(p, str) for p in providers):
         raise BundleError(
@@ -453,6 +490,44 @@ def read_manifest(root: Path) -> dict[str, Any]:
     _unknown_keys(comps, COMPONENTS, _at(where, "components"), error=BundleError)
     _require(data, "tracker", where, dict, error=BundleError)
     return {**data, "model": model, "source_checkpoint": ckpt, "target": target}
+
+
+def _check_file(root: Path, info: Mapping[str, Any], where: str, verify_hashes: bool) -> None:
+    """The graph file ``info`` names: inside the bundle, present, and (by default) unmodified."""
+    file_path = _inside(root, info["file"], where)
+    if not file_path.is_file():
+        raise BundleError(
+            f"{where}: file {info['file'][:200]} is missing; rebuild or re-copy the bundle"
+        )
+    if verify_hashes and sha256_file(file_path) != info["sha256"].lower():
+        raise BundleError(
+            f"{where}: {info['file'][:200]} does not match its sha256 (corrupted or "
+            "modified); rebuild or re-copy the bundle"
+        )
+
+
+def _errors(info: Mapping[str, Any], where: str) -> dict[str, float]:
+    errors = info.get("max_abs_error") or {}
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in errors.values()):
+        raise BundleError(f"{where}.max_abs_error: expected numbers, got {short(errors)}")
+    return {str(k): float(v) for k, v in errors.items()}
+
+
+def _alternatives(
+    root: Path, info: Mapping[str, Any], where: str, verify_hashes: bool
+) -> dict[str, AlternativeInfo]:
+    """A component's other forms (``FORMS``), each file checked like the main one."""
+    forms = info.get("alternatives") or {}
+    _unknown_keys(forms, FORMS, f"{where}.alternatives", error=BundleError)
+    out = {}
+    for form in forms:
+        aw = f"{where}.alternatives"
+        alt = _section(forms, form, aw, _ALTERNATIVE_KEYS, ("max_abs_error",))
+        _check_file(root, alt, _at(aw, form), verify_hashes)
+        out[form] = AlternativeInfo(
+            form, alt["file"], alt["sha256"], alt["precision"], _errors(alt, _at(aw, form))
+        )
+    return out
 
 
 def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
@@ -492,24 +567,12 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         ):
             raise BundleError(f"{where} needs 'file' and 'sha256'; rebuild the bundle")
         info = _section(comps, name, f"{manifest}: components", _COMPONENT_KEYS, _OPTIONAL)
-        file_path = _inside(root, info["file"], where)
-        if not file_path.is_file():
-            raise BundleError(
-                f"{where}: file {info['file'][:200]} is missing; rebuild or re-copy the bundle"
-            )
-        if verify_hashes and sha256_file(file_path) != info["sha256"].lower():
-            raise BundleError(
-                f"{where}: {info['file'][:200]} does not match its sha256 (corrupted or "
-                "modified); rebuild or re-copy the bundle"
-            )
+        _check_file(root, info, where, verify_hashes)
         static = info.get("static", False)
         if static and name != "memory_attention":
             raise BundleError(f"{where}.static: only memory_attention has a static variant; rebuild")
-        errors = info.get("max_abs_error") or {}
-        if not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in errors.values()
-        ):
-            raise BundleError(f"{where}.max_abs_error: expected numbers, got {short(errors)}")
+        errors = _errors(info, where)
+        alternatives = _alternatives(root, info, where, verify_hashes)
         components[name] = ComponentInfo(
             name=name,
             file=info["file"],
@@ -518,9 +581,10 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             inputs=_specs(info.get("inputs", []), f"{where}.inputs"),
             outputs=_specs(info.get("outputs", []), f"{where}.outputs"),
             static=static,
-            max_abs_error={str(k): float(v) for k, v in errors.items()},
+            max_abs_error=errors,
             tolerance=float(info["tolerance"]),
             constants=dict(info.get("constants") or {}),
+            alternatives=alternatives,
         )
     tracker = TrackerSettings.from_dict(data["tracker"], where=f"{manifest}: tracker")
     for name, comp in components.items():

@@ -34,6 +34,7 @@ from samurai_onnx.runtime.bundle import Bundle, BundleError, check_overrides, lo
 from samurai_onnx.runtime.documents import DocumentError, check_threads, one_line, short
 from samurai_onnx.runtime.engine import EngineError
 from samurai_onnx.runtime.engine.base import DEVICES as DEVICE_PROVIDERS
+from samurai_onnx.runtime.engine.forms import CHOICES as FORM_CHOICES
 from samurai_onnx.runtime.preprocess import FrameError
 from samurai_onnx.runtime.prompts import load_prompts
 from samurai_onnx.runtime.signals import StopFlag, exit_code, handle_signals
@@ -259,12 +260,15 @@ def load_tracker(
     device: str | None = None,
     threads: int | None = None,
     fill_hole_area: int | None = None,
+    forms: str = "fastest",
 ) -> Tracker:
     """A ``Tracker``, with ONNX Runtime's own load failures reported as a ``BundleError``."""
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     try:
-        return Tracker(bundle, device=device, threads=threads, fill_hole_area=fill_hole_area)
+        return Tracker(
+            bundle, device=device, threads=threads, fill_hole_area=fill_hole_area, forms=forms
+        )
     except EngineError as exc:
         raise BundleError(f"{bundle.path}: {exc}; rebuild the bundle") from None
 
@@ -287,6 +291,7 @@ def run_tracking(
     stop: StopFlag | None = None,
     prompts: Sequence[Prompt] = (),
     extra_inputs: Sequence[str | os.PathLike[str]] = (),
+    forms: str = "fastest",
 ) -> RunSummary:
     """Track ``boxes`` (objects 0, 1, ... on frame 0) and ``prompts`` (any frame, any object id)
     through ``video`` and write the requested outputs.
@@ -299,6 +304,8 @@ def run_tracking(
     """
     check_device(device)
     check_threads(threads, "--threads", error=UsageError)
+    if forms not in FORM_CHOICES:
+        raise UsageError(f"--forms {forms!r} is not one of {', '.join(FORM_CHOICES)}")
     if fill_hole_area is not None and fill_hole_area < 0:
         raise UsageError(f"--fill-hole-area is {fill_hole_area}; it must be 0 (off) or more")
     if max_frames is not None and max_frames < 1:
@@ -342,7 +349,7 @@ def run_tracking(
         boxes = [check_box(box, width, height, index=i) for i, box in enumerate(boxes)]
         prompts = [check_prompt(p, (width, height)) for p in prompts]  # all, before frame 0
         tracker = load_tracker(
-            manifest, device=device, threads=threads, fill_hole_area=fill_hole_area
+            manifest, device=device, threads=threads, fill_hole_area=fill_hole_area, forms=forms
         )
         if stop is not None:
             stop.check()
@@ -679,6 +686,14 @@ def run(
         metavar="N",
         help="Stop after N frames. Default: the whole video.",
     ),
+    forms: str = typer.Option(
+        "fastest",
+        "--forms",
+        metavar="FORM",
+        help="For graphs the bundle holds in several forms (its target's alternatives, e.g. the "
+        "cuda targets' memory encoder): fastest (each timed on the device when loading), main, "
+        "or a form by name (dense, unfused). Bundles with one form per graph ignore it.",
+    ),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Progress bar with frames per second on stderr."
     ),
@@ -700,6 +715,7 @@ def run(
         max_frames=max_frames,
         progress=progress,
         prompts_file=prompts,
+        forms=forms,
     )
     raise typer.Exit(code)
 

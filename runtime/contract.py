@@ -388,3 +388,16 @@ def ort_signature(session: Any) -> tuple[list[tuple[str, str, list[Any]]], ...]:
         return [(v.name, names.get(v.type, v.type), list(v.shape)) for v in values]
 
     return rows(session.get_inputs()), rows(session.get_outputs())
+
+
+def steady_state_feeds(name: str, objects: int, geo: Geometry, static: bool) -> dict[str, np.ndarray]:
+    """Feeds for graph ``name`` at ``objects`` objects with a full bank (all memories and
+    pointers), a 720p frame: what a video's steady state runs (timing: bench, form choice)."""
+    s, p = geo.memory_slots, geo.pointer_slots
+    b = objects
+    dims = {
+        "batch": b, "objects": b, "embed_batch": b, "memories": s, "pointers": p, "points": 1,
+        "candidates": 4, "ptr_candidates": 4, "memory_slots": b * s, "ptr_slots": b * p,
+        "height": 720, "width": 1280, "mask_height": 720, "mask_width": 1280,
+    }  # fmt: skip
+    return example_feeds(contract(name, geo, static=static), geo, dims)

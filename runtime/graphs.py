@@ -9,6 +9,10 @@ candidate boxes, stability) and the chosen low-res masks (hole filling and the o
 
 Pre- and postprocessing run in the ``preprocess``/``postprocess`` graphs (``processing="graph"``)
 or on the host with PIL and numpy exactly as the oracle does (``processing="host"``).
+
+A graph the bundle holds in several forms (``bundle.FORMS``) runs in the fastest of them on this
+engine (``forms="fastest"``, timed at load by ``engine/forms.py``), in its main form
+(``forms="main"``) or in the form named.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from samurai_onnx.runtime.bundle import PROCESSING, Bundle, BundleError
-from samurai_onnx.runtime.contract import ContractError, contract
+from samurai_onnx.runtime.contract import ContractError, contract, steady_state_feeds
 from samurai_onnx.runtime.engine import Engine, EngineError, GraphSession
+from samurai_onnx.runtime.engine.forms import MAIN, FormChoice, check_forms, fastest_form
 from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame, upsample_mask_logits
 
 log = logging.getLogger(__name__)
@@ -124,12 +129,21 @@ class MemoryPools:
 class SamuraiGraphs:
     """A bundle's graphs loaded into ``engine``; ``processing`` is ``graph`` or ``host``."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, *, processing: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        engine: Engine,
+        *,
+        processing: str | None = None,
+        forms: str = "fastest",
+    ) -> None:
         self.bundle = bundle
         self.engine = engine
         self.processing = processing or bundle.processing
         if self.processing not in PROCESSING:
             raise ValueError(f"processing {self.processing!r} is not one of graph, host")
+        check_forms(forms)
+        self.forms: dict[str, FormChoice] = {}  # graphs with several forms: which one runs
         geo = bundle.tracker.geometry
         self.geometry = geo
         self.static = bundle.static_memory
@@ -142,13 +156,32 @@ class SamuraiGraphs:
         for name in needed:
             spec = contract(name, geo, static=self.static and name == "memory_attention")
             try:
-                self.sessions[name] = engine.load(bundle.file(name), spec)
+                self.sessions[name] = self._load(name, spec, forms)
             except ContractError as exc:
                 raise BundleError(
                     f"{bundle.path}: {bundle.components[name].file} does not match its graph "
                     f"contract ({exc}); rebuild the bundle with this samurai-compile"
                 ) from None
         self._constants: dict[tuple[str, int], Any] = {}
+
+    def _load(self, name: str, spec: Any, forms: str) -> GraphSession:
+        """``name``'s session in the form ``forms`` asks for (see the module's docstring)."""
+        alternatives = self.bundle.components[name].alternatives
+        if not alternatives or forms == MAIN:
+            return self.engine.load(self.bundle.file(name), spec)
+        if forms in alternatives:
+            self.forms[name] = FormChoice(name, forms)
+            return self.engine.load(self.bundle.file(name, forms), spec)
+        if forms != "fastest":  # a form this graph does not have
+            return self.engine.load(self.bundle.file(name), spec)
+        files = {MAIN: self.bundle.file(name), **{f: self.bundle.file(name, f) for f in alternatives}}
+        feeds = steady_state_feeds(name, 1, self.geometry, self.static and name == "memory_attention")
+        session, self.forms[name] = fastest_form(self.engine, spec, files, feeds)
+        return session
+
+    def describe_forms(self) -> str:
+        """Which form runs for each graph that has several (empty when none has)."""
+        return ", ".join(c.line() for c in self.forms.values())
 
     @property
     def graph_seconds(self) -> float:

@@ -34,6 +34,7 @@ from samurai_onnx.runtime.bundle import PROCESSING, Bundle, check_overrides, loa
 from samurai_onnx.runtime.documents import check_threads
 from samurai_onnx.runtime.engine import EngineSettings, create_engine
 from samurai_onnx.runtime.engine.base import DEVICES
+from samurai_onnx.runtime.engine.forms import CHOICES as FORM_CHOICES
 from samurai_onnx.runtime.graphs import Decoded, FrameFeatures, MemoryPools, SamuraiGraphs
 from samurai_onnx.runtime.memory import MemoryBank, MemoryEntry
 from samurai_onnx.runtime.preprocess import fill_holes, validate_frame
@@ -261,7 +262,9 @@ class Tracker:
     intra-op threads, ``fill_hole_area`` overrides SAM 2's hole filling (0 = off),
     ``processing`` chooses pre/postprocessing in graphs (fast) or on the host (exact parity with
     the oracle), ``max_batch`` caps how many objects share one graph call (None: all; 1: every
-    object alone), ``overrides`` any other run-time setting of ``TrackerSettings``. ``num_frames``
+    object alone), ``forms`` which form runs of a graph the bundle holds in several (``fastest``,
+    timed at load; ``main``; or a form's name), ``overrides`` any other run-time setting of
+    ``TrackerSettings``. ``num_frames``
     (the video length) matters for videos shorter than 16 frames, where SAMURAI scales pointer
     distances by it; ``track`` takes it from the source when it is not given here.
     """
@@ -278,6 +281,7 @@ class Tracker:
         processing: str | None = None,
         max_batch: int | None = None,
         profile_prefix: str | None = None,
+        forms: str = "fastest",
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         changes = dict(overrides or {})
@@ -290,9 +294,11 @@ class Tracker:
             raise TrackerError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         if processing is not None and processing not in PROCESSING:
             raise TrackerError(f"processing {processing!r} is not one of {', '.join(PROCESSING)}")
+        if forms not in FORM_CHOICES:
+            raise TrackerError(f"forms {forms!r} is not one of {', '.join(FORM_CHOICES)}")
         threads = check_threads(threads, "threads", error=TrackerError)
         self.engine = create_engine(engine_settings(self.bundle, device, threads, profile_prefix))
-        self.graphs = SamuraiGraphs(self.bundle, self.engine, processing=processing)
+        self.graphs = SamuraiGraphs(self.bundle, self.engine, processing=processing, forms=forms)
         if max_batch is not None and (
             isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1
         ):
@@ -306,9 +312,14 @@ class Tracker:
         self._num_frames_given = num_frames
         self.session: VideoSession | None = None
         self._last_pools: MemoryPools | None = None
-        log.debug("tracker on %s, processing %s", self.engine.describe(), self.graphs.processing)
+        log.debug("tracker on %s, processing %s", self.describe(), self.graphs.processing)
 
     # -- public API ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        """The engine line, with the form each multi-form graph runs in (bench, logs)."""
+        forms = self.graphs.describe_forms()
+        return self.engine.describe() + (f"; forms: {forms}" if forms else "")
+
     @property
     def states(self) -> list[ObjectState]:
         """The current video's objects, in the order they were first prompted."""

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine, relative_error
+from samurai_onnx.compiler.evaluate.bench import machine, relative_error
 from samurai_onnx.runtime.bundle import load_bundle
-from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract
+from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract, steady_state_feeds
 from samurai_onnx.runtime.engine import EngineSettings, create_engine
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     report: dict[str, dict[str, Any]] = {}
     for graph in args.graphs.split(","):
         spec = contract(graph, bundle.tracker.geometry)
-        feeds = contract_feeds(graph, 1, bundle.tracker, False)
+        feeds = steady_state_feeds(graph, 1, bundle.tracker.geometry, False)
         sessions = {
             k: (e, e.load(load_bundle(path).file(graph), spec)) for k, (e, path) in sides.items()
         }

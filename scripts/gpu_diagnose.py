@@ -37,11 +37,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from samurai_onnx.compiler.evaluate.bench import contract_feeds, machine, relative_error, time_call
+from samurai_onnx.compiler.evaluate.bench import machine, relative_error
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.passes.depthwise import densify_depthwise
 from samurai_onnx.runtime.bundle import load_bundle
-from samurai_onnx.runtime.contract import GRAPHS, MODEL_GRAPHS
+from samurai_onnx.runtime.contract import GRAPHS, MODEL_GRAPHS, steady_state_feeds
+from samurai_onnx.runtime.engine.forms import time_call
 from samurai_onnx.runtime.engine.onnxruntime import create_session
 from samurai_onnx.runtime.tracker import engine_settings
 
@@ -275,7 +276,7 @@ def main() -> None:
     graph = _providers(bundle, "cuda", {"enable_cuda_graph": 1})
     for name in [g for g in args.graphs.split(",") if g in bundle.components]:
         path = bundle.file(name)
-        feeds = contract_feeds(name, 1, bundle.tracker, bundle.static_memory)
+        feeds = steady_state_feeds(name, 1, bundle.tracker.geometry, bundle.static_memory)
         cpu = create_session(path, CPU)
         outs = [o.name for o in cpu.get_outputs()]
         ref = cpu.run(None, feeds)

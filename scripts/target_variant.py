@@ -3,7 +3,8 @@
 
     python scripts/target_variant.py cuda dense+unfused out/cuda-dense+unfused.yaml
 
-Variants (join with ``+``):
+Variants (join with ``+``; ``dense`` and ``unfused`` also drop that form from the target's
+``alternatives``, so the variant's bundle runs it and only it):
   dense    ``depthwise: dense``: depthwise convolutions as dense block-diagonal ones
   nhwc     the CUDA provider's ``prefer_nhwc: 1`` (cuDNN's NHWC kernels)
   unfused  ``fused_attention: false``: attention as MatMul/Softmax/MatMul (cuBLAS on a GPU)
@@ -22,8 +23,18 @@ from typing import Any
 import yaml
 
 
+def _only(data: dict[str, Any], form: str) -> None:
+    """The main form becomes ``form``, so it is no longer an alternative."""
+    rest = [f for f in data.get("alternatives") or [] if f != form]
+    if rest:
+        data["alternatives"] = rest
+    else:
+        data.pop("alternatives", None)
+
+
 def _dense(data: dict[str, Any]) -> None:
     data["depthwise"] = "dense"
+    _only(data, "dense")
 
 
 def _cuda_option(variant: str, key: str) -> Callable[[dict[str, Any]], None]:
@@ -39,6 +50,7 @@ def _cuda_option(variant: str, key: str) -> Callable[[dict[str, Any]], None]:
 
 def _unfused(data: dict[str, Any]) -> None:
     data["fused_attention"] = False
+    _only(data, "unfused")
 
 
 VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {

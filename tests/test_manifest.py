@@ -178,6 +178,19 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
     "format": (_set("format", "tflite"), "format", "onnx, ort"),
     "memory_shape": (_set("memory_shape", "ragged"), "memory_shape", "dynamic, static"),
     "depthwise": (_set("depthwise", "separable"), "depthwise", "grouped, dense"),
+    "alternatives_type": (_set("alternatives", "dense"), "alternatives", "expected a list"),
+    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused"),
+    "alternatives_twice": (_set("alternatives", ["dense", "dense"]), "alternatives", "at most once"),
+    "alternatives_dense_main": (
+        lambda d: d.update(depthwise="dense", alternatives=["dense"]),
+        "alternatives",
+        "already the main form",
+    ),
+    "alternatives_unfused_main": (
+        lambda d: d.update(fused_attention=False, alternatives=["unfused"]),
+        "alternatives",
+        "needs fused_attention: true",
+    ),
     "processing": (_set("processing", "gpu"), "processing", "graph, host"),
     "opset_low": (_set("opset", 16), "opset", "17..20"),
     "opset_high": (_set("opset", 22), "opset", "17..20"),
@@ -209,7 +222,7 @@ def test_valid_manifests_load() -> None:
         m = load_model_manifest(REPO / "manifests" / f"{size}.yaml")
         assert m.name == size and load_model_manifest(size).path.name == f"{size}.yaml"
         assert m.tracker.kf_score_weight == (0.15 if size == "large" else 0.25)
-    for target in ("cpu", "cpu-int8", "cuda-fp16", "ort-mobile", "tensorrt"):
+    for target in ("cpu", "cpu-int8", "cuda", "cuda-fp16", "ort-mobile", "tensorrt"):
         assert load_target_manifest(REPO / "targets" / f"{target}.yaml").name == target
         assert load_target_manifest(target).name == target
 

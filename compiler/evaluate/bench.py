@@ -39,15 +39,11 @@ from typing import Any
 import numpy as np
 
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
+from samurai_onnx.runtime.contract import steady_state_feeds
+from samurai_onnx.runtime.engine.forms import Timing, time_call
 
 FULL_BANK = {"memory_bank_iou_threshold": -1.0, "memory_bank_obj_score_threshold": -1.0e9}
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
-@dataclass
-class Timing:
-    median: float
-    p90: float
 
 
 @dataclass
@@ -67,36 +63,6 @@ class SideResult:
     peak_rss_mb: float = 0.0
     engine: str = ""
     masks_file: str = ""
-
-
-def time_call(
-    fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None
-) -> Timing:
-    """Median and p90 seconds of ``repeats`` calls after one warm-up (``sync`` waits for a
-    device, so its queued work is timed too)."""
-    fn()  # warm-up
-    sync()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t0)
-    return Timing(float(np.median(ts)), float(np.percentile(ts, 90)))
-
-
-def contract_feeds(name: str, b: int, settings: Any, static: bool) -> dict[str, np.ndarray]:
-    """Feeds for graph ``name`` at ``b`` objects with a full bank (7 memories, 16 pointers)."""
-    from samurai_onnx.runtime.contract import contract, example_feeds
-
-    geo = settings.geometry
-    s, p = geo.memory_slots, geo.pointer_slots
-    dims = {
-        "batch": b, "objects": b, "embed_batch": b, "memories": s, "pointers": p, "points": 1,
-        "candidates": 4, "ptr_candidates": 4, "memory_slots": b * s, "ptr_slots": b * p,
-        "height": 720, "width": 1280, "mask_height": 720, "mask_width": 1280,
-    }  # fmt: skip
-    return example_feeds(contract(name, geo, static=static), geo, dims)
 
 
 def _clip_jpegs(video: str | None, n: int) -> list[bytes]:
@@ -170,13 +136,13 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
         processing=args.get("processing"),
         fill_hole_area=0,  # as the reference side: the IoU compares models, not hole filling
     )
-    res = SideResult(args.get("side", "onnx"), engine=tracker.engine.describe())
+    res = SideResult(args.get("side", "onnx"), engine=tracker.describe())
     for name, session in tracker.graphs.sessions.items():
         res.components[name] = {}
         for b in args["batch_sizes"]:
             if name in ("image_encoder", "preprocess") and b > 1:
                 continue  # one frame per step, whatever the number of objects
-            feeds = contract_feeds(name, b, bundle.tracker, bundle.static_memory)
+            feeds = steady_state_feeds(name, b, bundle.tracker.geometry, bundle.static_memory)
             fed = {k: tracker.engine.upload(v) for k, v in feeds.items()}
             res.components[name][b] = time_call(partial(session.run, fed), args["repeats"])
     masks: dict[str, np.ndarray] = {}

@@ -68,6 +68,12 @@ def bench(
         "--processing",
         help="graph or host pre/postprocessing for the bundle (default: the bundle target's).",
     ),
+    forms: str = typer.Option(
+        "fastest",
+        "--forms",
+        help="Graphs the bundle holds in several forms (target 'alternatives'): fastest (timed "
+        "when loading), main, or a form (dense, unfused).",
+    ),
     repeats: int = typer.Option(
         3, "--repeats", help="Timed runs per component and batch size (after one warm-up)."
     ),
@@ -101,6 +107,7 @@ def bench(
     from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
     from samurai_onnx.compiler.evaluate.oracle import reference_checkpoint
     from samurai_onnx.runtime.bundle import PROCESSING, BundleError, load_bundle
+    from samurai_onnx.runtime.engine.forms import check_forms
     from samurai_onnx.runtime.tracker import TrackerError, parse_box
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -112,6 +119,7 @@ def bench(
             "batch_sizes": parse_batch_sizes(batch_sizes),
             "objects": parse_batch_sizes(objects),
             "processing": processing,
+            "forms": forms,
             "video": video,
             "box": list(parse_box(bbox)),
             "frames": frames,
@@ -137,6 +145,7 @@ def bench(
         args["compare"] = [str(c) for c in compare]
         if processing is not None and processing not in PROCESSING:
             raise ValueError(f"--processing {processing!r} is not one of {', '.join(PROCESSING)}")
+        check_forms(forms)
         if not no_reference:
             args["checkpoint"] = str(
                 reference_checkpoint(info.model_name, info.source_checkpoint_sha256, checkpoint)

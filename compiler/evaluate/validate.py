@@ -9,6 +9,7 @@ on the same JPEG frames: per-frame mask IoU, box error, chosen-candidate and mem
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.evaluate.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
 from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, bf16_step
-from samurai_onnx.runtime.bundle import Bundle, load_bundle
+from samurai_onnx.runtime.bundle import FORMS, Bundle, load_bundle
 from samurai_onnx.runtime.contract import contract
 from samurai_onnx.runtime.engine import Engine, create_engine
 from samurai_onnx.runtime.graphs import _pad
@@ -73,6 +74,7 @@ class ValidationReport:
     max_box_error: float
     components: list[ComponentReport] = field(default_factory=list)
     frames: list[FrameReport] = field(default_factory=list)
+    forms: str = ""  # the form each multi-form graph ran in end to end (Tracker.describe)
 
     @property
     def ok(self) -> bool:
@@ -93,6 +95,7 @@ class ValidationReport:
         lines = [
             f"### Validation of `{self.bundle}` ({self.precision})",
             "",
+            *([f"End to end, graphs with several forms ran as: {self.forms}", ""] if self.forms else []),
             "| component | output | max abs error | mean abs error | tolerance | ok |",
             "|---|---|---|---|---|---|",
         ]
@@ -137,10 +140,11 @@ def _err(ours: np.ndarray, ref: torch.Tensor | np.ndarray, *, bf16: bool = False
 
 
 class _Graphs:
-    """Runs a bundle's graphs one call at a time on ``engine`` (the bundle's)."""
+    """Runs a bundle's graphs one call at a time on ``engine`` (the bundle's); ``form``: that
+    form (``bundle.FORMS``) of the graphs that have it, the main form of the others."""
 
-    def __init__(self, bundle: Bundle, engine: Engine) -> None:
-        self.bundle, self.engine = bundle, engine
+    def __init__(self, bundle: Bundle, engine: Engine, form: str | None = None) -> None:
+        self.bundle, self.engine, self.form = bundle, engine, form
 
     def precision(self, name: str) -> str:
         """What ``name`` runs at here (bf16 for an fp32 graph on OpenVINO with a bf16 hint)."""
@@ -151,7 +155,8 @@ class _Graphs:
         spec = contract(
             name, self.bundle.tracker.geometry, static=self.bundle.components[name].static
         )
-        out = engine.load(self.bundle.file(name), spec).run(feeds)
+        form = self.form if self.form in self.bundle.components[name].alternatives else None
+        out = engine.load(self.bundle.file(name, form), spec).run(feeds)
         return {k: np.array(engine.download(v)) for k, v in out.items()}
 
 
@@ -399,10 +404,12 @@ def validate(
     frames: int = 8,
     overrides: dict[str, Any] | None = None,
     processing: str | None = None,
+    forms: str = "fastest",
 ) -> ValidationReport:
     """Run the oracle and the bundle on the first ``frames`` frames of ``video``.
 
-    ``processing`` is the tracker's (graph or host; default: the bundle's target's).
+    ``processing`` and ``forms`` are the tracker's (see ``Tracker``); every form of a graph
+    that has several is checked against the oracle's module (rows ``graph/form``).
     """
     bundle = load_bundle(bundle_dir)
     size = size or bundle.model_name
@@ -430,6 +437,13 @@ def validate(
     overrides = dict(overrides or {})
     oracle = build_oracle(size, checkpoint, {**overrides, "fill_hole_area": 0})
     report.components = _component_reports(graphs, oracle, clip[0], box)
+    for form in FORMS:
+        having = {n for n, c in bundle.components.items() if form in c.alternatives}
+        if having:
+            alt = _component_reports(_Graphs(bundle, graphs.engine, form), oracle, clip[0], box)
+            report.components += [
+                dataclasses.replace(r, name=f"{r.name}/{form}") for r in alt if r.name in having
+            ]
     with tempfile.TemporaryDirectory(prefix="samurai-validate-") as tmp:
         import cv2
 
@@ -446,7 +460,9 @@ def validate(
             num_frames=len(clip),
             overrides=overrides,
             processing=processing,
+            forms=forms,
         )
+        report.forms = tracker.graphs.describe_forms()
         for res, ref in zip(tracker.track(tmp, box), expected, strict=False):
             ours, info = res.objects[0], tracker.states[0].last
             iou = mask_iou(ours.mask, ref.mask)

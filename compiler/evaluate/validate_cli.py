@@ -36,6 +36,12 @@ def validate(
         help="graph or host: resize/normalise and mask upsampling in the bundle's graphs, or on "
         "the host exactly as the oracle does (default: the bundle target's).",
     ),
+    forms: str = typer.Option(
+        "fastest",
+        "--forms",
+        help="Graphs the bundle holds in several forms (target 'alternatives'): fastest (timed "
+        "when loading), main, or a form (dense, unfused).",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
     markdown_out: Path | None = typer.Option(
         None, "--markdown", help="Also write the report as Markdown."
@@ -48,6 +54,7 @@ def validate(
     from samurai_onnx.compiler.evaluate.validate import validate as run_validation
     from samurai_onnx.runtime.bundle import PROCESSING, BundleError, load_bundle
     from samurai_onnx.runtime.engine import EngineError
+    from samurai_onnx.runtime.engine.forms import check_forms
     from samurai_onnx.runtime.tracker import TrackerError, parse_box
     from samurai_onnx.runtime.video import VideoError
 
@@ -62,6 +69,7 @@ def validate(
         )
         if processing is not None and processing not in PROCESSING:
             raise ValueError(f"--processing {processing!r} is not one of {', '.join(PROCESSING)}")
+        check_forms(forms)
         report = run_validation(
             bundle,
             video,
@@ -70,6 +78,7 @@ def validate(
             frames=frames,
             overrides=overrides,
             processing=processing,
+            forms=forms,
         )
     except (
         BundleError,

@@ -1,0 +1,204 @@
+"""Graphs in several forms (target ``alternatives``): built and checked by the compiler, verified
+as bundle files, chosen at load by their time on the device, and tracking like the main form."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from conftest import REPO, SYNTHETIC_BOX, _small_manifest, requires_oracle, write_frames
+
+from samurai_onnx.compiler.build import PassReport, compile_bundle
+from samurai_onnx.compiler.evaluate.bench import FULL_BANK
+from samurai_onnx.compiler.evaluate.metrics import mask_iou
+from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_frames
+from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
+from samurai_onnx.runtime.bundle import BundleError, load_bundle, seal_manifest, sha256_file
+from samurai_onnx.runtime.engine import forms as forms_module
+from samurai_onnx.runtime.engine.forms import Timing
+from samurai_onnx.runtime.tracker import Tracker, TrackerError
+
+REPORTS: list[PassReport] = []
+
+
+@pytest.fixture(scope="module")
+def forms_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny256 bundle's model and target (cpu) with ``alternatives: [dense, unfused]``."""
+    tmp = tmp_path_factory.mktemp("forms")
+    target = yaml.safe_load((REPO / "targets" / "cpu.yaml").read_text())
+    target.update(name="cpu-forms", alternatives=["dense", "unfused"])
+    target_file = tmp / "cpu-forms.yaml"
+    target_file.write_text(yaml.safe_dump(target))
+    manifest = _small_manifest(tmp / "tiny-256.yaml", 256)  # the tiny256 bundle's
+    return compile_bundle(
+        manifest, target_file, checkpoint=tiny_checkpoint, out_dir=tmp / "b",
+        on_pass=REPORTS.append,
+    )  # fmt: skip
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_each_alternative_is_built_where_it_applies(forms_bundle: Path) -> None:
+    header = yaml.safe_load((forms_bundle / "bundle.yaml").read_text())
+    assert header["target"]["alternatives"] == ["dense", "unfused"]
+    built = {n: sorted(c.get("alternatives", {})) for n, c in header["components"].items()}
+    assert built == {
+        "preprocess": [], "image_encoder": ["unfused"], "memory_attention": ["unfused"],
+        "mask_decoder": [], "memory_encoder": ["dense"], "postprocess": [], "mask_prompt": [],
+    }  # fmt: skip
+    # each form went through the passes and their checks against PyTorch, under its own name
+    checked = {(r.component, r.name) for r in REPORTS if "/" in r.component}
+    assert ("memory_encoder/dense", "dense-depthwise") in checked
+    assert ("image_encoder/unfused", "simplify") in checked
+    assert ("memory_attention/unfused", "simplify") in checked
+    for name, form in (("image_encoder", "unfused"), ("memory_attention", "unfused")):
+        alt = header["components"][name]["alternatives"][form]
+        assert "MultiHeadAttention" in _ops(forms_bundle / header["components"][name]["file"])
+        assert "MultiHeadAttention" not in _ops(forms_bundle / alt["file"])
+        assert alt["sha256"] == sha256_file(forms_bundle / alt["file"])
+        assert max(alt["max_abs_error"].values()) <= header["components"][name]["tolerance"]
+    dense = header["components"]["memory_encoder"]["alternatives"]["dense"]
+    assert count_depthwise(onnx.load(str(forms_bundle / dense["file"]))) == 0
+    assert count_depthwise(onnx.load(str(forms_bundle / "memory_encoder.onnx"))) == 2
+    bundle = load_bundle(forms_bundle)
+    assert bundle.file("memory_encoder", "dense").name == "memory_encoder.dense.onnx"
+
+
+def _track(bundle: Path, forms: str, n: int = 4) -> tuple[Tracker, list[Any]]:
+    clip, box = synthetic_frames(n), list(synthetic_box())
+    tracker = Tracker(load_bundle(bundle), num_frames=n, overrides=FULL_BANK, forms=forms)
+    return tracker, [tracker.start(clip[0], [box])[0], *(tracker.step(f)[0] for f in clip[1:])]
+
+
+def test_every_form_tracks_like_the_main_form(forms_bundle: Path, tiny256_bundle: Path) -> None:
+    """The main forms are the tiny256 bundle's graphs (same numbers); dense and unfused differ
+    by summation order only (a memory may move by one bfloat16 step), so IoU >= 0.999."""
+    _, want = _track(tiny256_bundle, "main")
+    for forms in ("main", "dense", "unfused", "fastest"):
+        tracker, got = _track(forms_bundle, forms)
+        for a, b in zip(want, got, strict=True):
+            if forms == "main":
+                assert np.array_equal(a.mask, b.mask) and a.score == b.score
+            assert mask_iou(a.mask, b.mask) >= 0.999, forms
+            assert abs(a.score - b.score) <= 1e-3 * max(1.0, abs(a.score)), forms
+        chosen = {n: c.chosen for n, c in tracker.graphs.forms.items()}
+        if forms == "main":
+            assert chosen == {} and "forms:" not in tracker.describe()
+        elif forms == "dense":
+            assert chosen == {"memory_encoder": "dense"}
+        elif forms == "unfused":
+            assert chosen == {"image_encoder": "unfused", "memory_attention": "unfused"}
+        else:  # timed: every multi-form graph, the fastest of its forms
+            assert set(chosen) == {"image_encoder", "memory_attention", "memory_encoder"}
+            for choice in tracker.graphs.forms.values():
+                assert set(choice.seconds) == {"main", *load_bundle(forms_bundle).components[
+                    choice.graph].alternatives}
+                assert choice.seconds[choice.chosen] == min(choice.seconds.values())
+            assert "forms: image_encoder: " in tracker.describe()
+
+
+def test_the_form_that_times_fastest_runs(
+    forms_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The choice follows the timing (here a fake one: dense 1 ms, everything else 10 ms; ties
+    keep the main form), and only the chosen session runs afterwards."""
+
+    def fake(fn: Any, repeats: int, sync: Any = None, *, warmup: int = 1) -> Timing:
+        fn()
+        dense = ".dense." in fn.func.__self__.path.name
+        return Timing(0.001 if dense else 0.01, 0.01)
+
+    monkeypatch.setattr(forms_module, "time_call", fake)
+    tracker = Tracker(load_bundle(forms_bundle), forms="fastest")
+    chosen = {n: c.chosen for n, c in tracker.graphs.forms.items()}
+    assert chosen == {"image_encoder": "main", "memory_attention": "main", "memory_encoder": "dense"}
+    session = tracker.graphs.sessions["memory_encoder"]
+    assert session.path.name == "memory_encoder.dense.onnx" and session.calls == 0
+    assert "memory_encoder: dense (1 ms; main 10 ms)" in tracker.describe()
+
+
+def test_a_bad_forms_value_is_refused(forms_bundle: Path) -> None:
+    with pytest.raises(TrackerError, match="forms 'densest' is not one of fastest, main, dense"):
+        Tracker(load_bundle(forms_bundle), forms="densest")
+
+
+def _edited(src: Path, dst: Path, edit: Any) -> Path:
+    shutil.copytree(src, dst)
+    data = yaml.safe_load((dst / "bundle.yaml").read_text())
+    edit(data["components"]["memory_encoder"], dst)
+    (dst / "bundle.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    seal_manifest(dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("tampered", "components.memory_encoder.alternatives.dense: memory_encoder.dense.onnx does not match its sha256"),
+        ("outside", "points outside the bundle directory"),
+        ("missing", "is missing; rebuild or re-copy the bundle"),
+        ("unknown", "unknown key(s) sparse; allowed: dense, unfused"),
+        ("no_file", "alternatives.dense.file: missing (required)"),
+    ],
+)
+def test_alternative_files_are_checked_like_main_ones(
+    forms_bundle: Path, tmp_path: Path, case: str, needle: str
+) -> None:
+    def edit(entry: dict[str, Any], root: Path) -> None:
+        dense = entry["alternatives"]["dense"]
+        if case == "tampered":
+            with open(root / dense["file"], "ab") as fh:
+                fh.write(b"\0")
+        elif case == "outside":
+            dense["file"] = "../memory_encoder.onnx"
+        elif case == "missing":
+            (root / dense["file"]).unlink()
+        elif case == "unknown":
+            entry["alternatives"]["sparse"] = copy.deepcopy(dense)
+        else:
+            del dense["file"]
+
+    bundle = _edited(forms_bundle, tmp_path / "b", edit)
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle)
+    assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+@requires_oracle
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_validate_checks_every_form_against_the_oracle(
+    tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A dense memory encoder added to the tiny bundle: samurai-validate checks it against the
+    oracle's module in its own row, and says which form tracked."""
+    from samurai_onnx.compiler.evaluate.validate import validate
+
+    def add_dense(entry: dict[str, Any], root: Path) -> None:
+        densify_file(root / entry["file"], root / "memory_encoder.dense.onnx")
+        entry["alternatives"] = {
+            "dense": {
+                "file": "memory_encoder.dense.onnx",
+                "sha256": sha256_file(root / "memory_encoder.dense.onnx"),
+                "precision": "fp32",
+            }
+        }
+
+    bundle = _edited(tiny_bundle, tmp_path / "b", add_dense)
+    frames = write_frames(synthetic_frames(2), tmp_path / "frames")
+    report = validate(bundle, frames, SYNTHETIC_BOX, checkpoint=tiny_checkpoint, frames=2,
+                      forms="dense")  # fmt: skip
+    rows = {c.name: c for c in report.components}
+    assert set(rows["memory_encoder/dense"].outputs) == set(rows["memory_encoder"].outputs)
+    for out, err in rows["memory_encoder/dense"].outputs.items():
+        assert err.max_abs <= 1e-4, (out, err)
+    assert report.forms == "memory_encoder: dense" and report.ok
+    assert "graphs with several forms ran as: memory_encoder: dense" in report.to_markdown()
