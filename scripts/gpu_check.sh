@@ -15,13 +15,14 @@
 #   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
 #   depthwise convolutions, profiler top nodes, the reference's kernels for the memory encoder
 #   and decoder, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
-#   VARIANTS (default "dense dense+graph cuda:dense+unfused") are variants of each target
-#   (scripts/target_variant.py), compiled beside it and benchmarked in the same samurai-bench
-#   run (--compare: one reference, same-run ratios): dense (depthwise: dense, the memory
-#   encoder's 7x7 depthwise convolutions as dense ones), nhwc (the CUDA provider's prefer_nhwc),
-#   unfused (fused_attention: false, MatMul/Softmax attention), graph (enable_cuda_graph: CUDA
-#   graphs per run signature); join with + (dense+graph); TARGET:VARIANT applies to that
-#   target only (cuda:unfused).
+#   VARIANTS (default "graph") are variants of each target (scripts/target_variant.py),
+#   compiled beside it and benchmarked in the same samurai-bench run (--compare: one reference,
+#   same-run ratios): graph (enable_cuda_graph: CUDA graphs per run signature), nhwc (the CUDA
+#   provider's prefer_nhwc), dense (depthwise: dense as the memory encoder's only form),
+#   unfused (fused_attention: false as the only form); join with + (dense+graph);
+#   TARGET:VARIANT applies to that target only (cuda:unfused). The targets themselves carry
+#   dense (and cuda unfused) as alternatives: their bundles run the faster form, and the bench's
+#   engine line shows each form's time.
 #   VARIANTS="" benchmarks the targets alone.
 set -euo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]}
@@ -34,7 +35,7 @@ WORK=${WORK:-$OUT/work}
 REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
 STEPS=${STEPS:-bench diagnose}
-VARIANTS=${VARIANTS-dense dense+graph cuda:dense+unfused}
+VARIANTS=${VARIANTS-graph}
 mkdir -p "$OUT" "$WORK"
 CKPT="$WORK/sam2.1_hiera_tiny.pt"
 [ -f "$CKPT" ] || python3 -m samurai_onnx.compiler.random_checkpoint --model tiny --out "$CKPT"

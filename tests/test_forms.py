@@ -202,3 +202,19 @@ def test_validate_checks_every_form_against_the_oracle(
         assert err.max_abs <= 1e-4, (out, err)
     assert report.forms == "memory_encoder: dense" and report.ok
     assert "graphs with several forms ran as: memory_encoder: dense" in report.to_markdown()
+
+
+def test_the_bench_runs_and_names_the_forms(forms_bundle: Path) -> None:
+    """samurai-bench's ``--forms`` reaches the tracker of each side; the engine line says which
+    form ran (and, timed, how long each form took)."""
+    from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
+
+    args = {
+        "bundle": str(forms_bundle), "device": "cpu", "batch_sizes": [1], "video": None,
+        "box": list(synthetic_box()), "frames": 2, "repeats": 1, "threads": None,
+        "size": "tiny", "steady_from": 1, "objects": [1], "forms": "dense",
+    }  # fmt: skip
+    report = benchmark(args, reference=False)
+    engine = report["sides"]["onnx"]["engine"]
+    assert engine.endswith("; forms: memory_encoder: dense"), engine
+    assert "forms: memory_encoder: dense" in to_markdown(report)

@@ -135,6 +135,7 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
         overrides=FULL_BANK,
         processing=args.get("processing"),
         fill_hole_area=0,  # as the reference side: the IoU compares models, not hole filling
+        forms=args.get("forms", "fastest"),
     )
     res = SideResult(args.get("side", "onnx"), engine=tracker.describe())
     for name, session in tracker.graphs.sessions.items():
