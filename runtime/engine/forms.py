@@ -80,10 +80,13 @@ class FormChoice:
         """e.g. ``memory_encoder: dense (1.2 ms; main 9.5 ms)``."""
         if not self.seconds:
             return f"{self.graph}: {self.chosen}"
-        others = "; ".join(
-            f"{f} {s * 1e3:.3g} ms" for f, s in self.seconds.items() if f != self.chosen
-        )
-        return f"{self.graph}: {self.chosen} ({self.seconds[self.chosen] * 1e3:.3g} ms; {others})"
+
+        def ms(form: str) -> str:
+            value = self.seconds[form] * 1e3
+            return f"{value:.0f} ms" if value >= 100 else f"{value:.3g} ms"
+
+        others = "; ".join(f"{f} {ms(f)}" for f in self.seconds if f != self.chosen)
+        return f"{self.graph}: {self.chosen} ({ms(self.chosen)}; {others})"
 
 
 def fastest_form(
