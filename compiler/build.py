@@ -84,7 +84,7 @@ class PassReport:
         """The one-line progress report that ``samurai-compile`` and ``export_onnx.py`` print."""
         worst = max(self.max_abs_error.items(), key=lambda kv: kv[1], default=("-", 0.0))
         return (
-            f"  {self.component:<17} {self.name:<15} ok  {self.seconds:6.1f} s  "
+            f"  {self.component:<24} {self.name:<15} ok  {self.seconds:6.1f} s  "
             f"max abs error {worst[1]:.2e} ({worst[0]}, tolerance {self.tolerance:g})"
         )
 

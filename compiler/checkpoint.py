@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import urllib.error
 import urllib.request
 import zipfile
@@ -21,6 +20,7 @@ import torch
 from samurai_onnx.compiler.manifest import CheckpointSpec, ModelManifest
 from samurai_onnx.runtime.bundle import sha256_file
 from samurai_onnx.runtime.documents import short
+from samurai_onnx.runtime.host import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ class CheckpointError(ValueError):
 
 def cache_dir() -> Path:
     """Where downloaded checkpoints live: ``$SAMURAI_ONNX_CACHE`` or ``~/.cache/samurai-onnx``."""
-    root = os.environ.get("SAMURAI_ONNX_CACHE") or Path.home() / ".cache" / "samurai-onnx"
-    return Path(root) / "checkpoints"
+    return cache_root() / "checkpoints"
 
 
 # One sha256 helper for checkpoints and bundle files (the runtime's, which the compiler may import).

@@ -17,6 +17,8 @@ engine (``forms="fastest"``, timed at load by ``engine/forms.py``), in its main 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +29,8 @@ import numpy as np
 from samurai_onnx.runtime.bundle import PROCESSING, Bundle, BundleError
 from samurai_onnx.runtime.contract import ContractError, contract, steady_state_feeds
 from samurai_onnx.runtime.engine import Engine, EngineError, GraphSession
-from samurai_onnx.runtime.engine.forms import MAIN, FormChoice, check_forms, fastest_form
+from samurai_onnx.runtime.engine.forms import MAIN, FormCache, FormChoice, check_forms, fastest_form
+from samurai_onnx.runtime.host import cache_root, machine
 from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame, upsample_mask_logits
 
 log = logging.getLogger(__name__)
@@ -174,9 +177,18 @@ class SamuraiGraphs:
             return self.engine.load(self.bundle.file(name, forms), spec)
         if forms != "fastest":  # a form this graph does not have
             return self.engine.load(self.bundle.file(name), spec)
+        info = self.bundle.components[name]
         files = {MAIN: self.bundle.file(name), **{f: self.bundle.file(name, f) for f in alternatives}}
         feeds = steady_state_feeds(name, 1, self.geometry, self.static and name == "memory_attention")
-        session, self.forms[name] = fastest_form(self.engine, spec, files, feeds)
+        cache, key = None, ""
+        if self.engine.device == "cpu":  # where timing costs seconds: once per machine
+            cache = FormCache(cache_root() / "forms.json")
+            hashes = {MAIN: info.sha256, **{f: a.sha256 for f, a in alternatives.items()}}
+            text = json.dumps([name, hashes, self.engine.describe(), machine()], sort_keys=True)
+            key = hashlib.sha256(text.encode()).hexdigest()
+        session, self.forms[name] = fastest_form(
+            self.engine, spec, files, feeds, cache=cache, key=key
+        )
         return session
 
     def describe_forms(self) -> str:

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from samurai_onnx.compiler.evaluate.bench import machine, relative_error
+from samurai_onnx.compiler.evaluate.bench import relative_error
 from samurai_onnx.runtime.bundle import load_bundle
 from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract, steady_state_feeds
 from samurai_onnx.runtime.engine import EngineSettings, create_engine
+from samurai_onnx.runtime.host import machine
 
 
 def main() -> None:

@@ -37,13 +37,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from samurai_onnx.compiler.evaluate.bench import machine, relative_error
+from samurai_onnx.compiler.evaluate.bench import relative_error
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.passes.depthwise import densify_depthwise
 from samurai_onnx.runtime.bundle import load_bundle
 from samurai_onnx.runtime.contract import GRAPHS, MODEL_GRAPHS, steady_state_feeds
 from samurai_onnx.runtime.engine.forms import time_call
 from samurai_onnx.runtime.engine.onnxruntime import create_session
+from samurai_onnx.runtime.host import machine
 from samurai_onnx.runtime.tracker import engine_settings
 
 log = logging.getLogger("gpu_diagnose")

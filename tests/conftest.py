@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from samurai_onnx.compiler.evaluate.synthetic import BASE_BOX, synthetic_frames
 __all__ = ["SYNTHETIC_BOX", "synthetic_frames"]
 
 REPO = Path(__file__).resolve().parent.parent
+# The tests' own cache folder (checkpoints, timed graph forms, OpenVINO models), never the user's.
+os.environ.setdefault("SAMURAI_ONNX_CACHE", tempfile.mkdtemp(prefix="samurai-onnx-test-cache-"))
 SHARED_VIDEOS = Path(os.environ.get("SAMURAI_SHARED_VIDEOS", REPO.parent / "shared" / "videos"))
 ORACLE_CONFIGS = {
     "tiny": "configs/samurai/sam2.1_hiera_t.yaml",

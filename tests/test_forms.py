@@ -4,6 +4,7 @@ as bundle files, chosen at load by their time on the device, and tracking like t
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,17 @@ from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_fr
 from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
 from samurai_onnx.runtime.bundle import BundleError, load_bundle, seal_manifest, sha256_file
 from samurai_onnx.runtime.engine import forms as forms_module
-from samurai_onnx.runtime.engine.forms import Timing
+from samurai_onnx.runtime.engine.forms import FormCache, Timing
 from samurai_onnx.runtime.tracker import Tracker, TrackerError
 
 REPORTS: list[PassReport] = []
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own cache folder: a choice timed by one test is not another's."""
+    monkeypatch.setenv("SAMURAI_ONNX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +226,55 @@ def test_the_bench_runs_and_names_the_forms(forms_bundle: Path) -> None:
     engine = report["sides"]["onnx"]["engine"]
     assert engine.endswith("; forms: memory_encoder: dense"), engine
     assert "forms: memory_encoder: dense" in to_markdown(report)
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The graphs ``fastest_form`` times, one entry per timed form."""
+    timed: list[str] = []
+    real = forms_module.time_call
+
+    def spy(fn: Any, repeats: int, sync: Any = None, *, warmup: int = 1) -> Timing:
+        timed.append(fn.func.__self__.path.name)
+        return real(fn, repeats, warmup=warmup)
+
+    monkeypatch.setattr(forms_module, "time_call", spy)
+    return timed
+
+
+def test_a_cpu_times_each_bundle_once(
+    forms_bundle: Path, _own_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU the choice is kept in <cache>/forms.json: the next tracker loads the chosen
+    forms without timing them; another thread count is another setting (timed again); a
+    damaged cache file or entry is ignored, never trusted."""
+    timed = _counting(monkeypatch)
+    bundle = load_bundle(forms_bundle)
+    first = Tracker(bundle, threads=1)
+    assert len(timed) == 6  # image encoder, memory attention, memory encoder: two forms each
+    chosen = {n: c.chosen for n, c in first.graphs.forms.items()}
+    again = Tracker(bundle, threads=1)
+    assert len(timed) == 6  # nothing timed: all three choices came from the cache
+    assert {n: c.chosen for n, c in again.graphs.forms.items()} == chosen
+    assert all(c.cached for c in again.graphs.forms.values()) and ", cached)" in again.describe()
+    Tracker(bundle, threads=2)
+    assert len(timed) == 12
+
+    cache = _own_cache / "forms.json"
+    entries = json.loads(cache.read_text())
+    assert len(entries) == 6  # 3 graphs x 2 thread counts
+    for bad in ("not json", json.dumps({k: {"chosen": "sparse", "seconds": {}} for k in entries})):
+        cache.write_text(bad)
+        timed.clear()
+        Tracker(bundle, threads=1)
+        assert len(timed) == 6, bad
+    cache.write_text("x" * (FormCache.LIMIT + 1))  # oversized: not read
+    timed.clear()
+    Tracker(bundle, threads=1)
+    assert len(timed) == 6
+    cache.unlink()
+    cache.mkdir()  # cannot be written: still runs, times again next time
+    timed.clear()
+    Tracker(bundle, threads=1)
+    Tracker(bundle, threads=1)
+    assert len(timed) == 12
+    assert sorted(p.name for p in _own_cache.iterdir()) == ["forms.json"]  # no stray files

@@ -22,8 +22,6 @@ autocast.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -41,9 +39,9 @@ import numpy as np
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.runtime.contract import steady_state_feeds
 from samurai_onnx.runtime.engine.forms import Timing, time_call
+from samurai_onnx.runtime.host import machine
 
 FULL_BANK = {"memory_bank_iou_threshold": -1.0, "memory_bank_obj_score_threshold": -1.0e9}
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 @dataclass
@@ -299,31 +297,6 @@ def _subprocess(side: str, args: dict[str, Any]) -> SideResult:
     res.end_to_end = {int(n): EndToEnd(**e) for n, e in data["end_to_end"].items()}
     res.unbatched = {int(n): EndToEnd(**e) for n, e in data["unbatched"].items()}
     return res
-
-
-def cpu_flags() -> list[str]:
-    """The ISA flags that decide CPU speed here (bf16/int8 matmuls need them)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = " ".join(cpu_flags()) or "none of " + " ".join(ISA_FLAGS)
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; ISA: {flags}"
 
 
 def _ious(a_file: str, b_file: str) -> list[float]:

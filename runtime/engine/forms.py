@@ -12,9 +12,12 @@ graphs are loaded, once per tracker.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +35,7 @@ MAIN = "main"  # the name of a graph's main form (bundle.yaml: the component's o
 # ``forms=`` of the tracker: ``fastest`` (timed, the default), ``main``, or one form by name
 # (used where a graph has it; the main form elsewhere)
 CHOICES = ("fastest", MAIN, *FORMS)
+SLOW = 0.25  # seconds per run from which a form is timed by fewer runs (see fastest_form)
 
 
 def check_forms(forms: str) -> str:
@@ -70,11 +74,13 @@ def time_call(
 
 @dataclass
 class FormChoice:
-    """What ran for one graph: the form chosen and each timed form's median seconds."""
+    """What ran for one graph: the form chosen and each timed form's median seconds
+    (``cached``: timed by an earlier run on this machine, see ``FormCache``)."""
 
     graph: str
     chosen: str
     seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
 
     def line(self) -> str:
         """e.g. ``memory_encoder: dense (1.2 ms; main 9.5 ms)``."""
@@ -86,7 +92,65 @@ class FormChoice:
             return f"{value:.0f} ms" if value >= 100 else f"{value:.3g} ms"
 
         others = "; ".join(f"{f} {ms(f)}" for f in self.seconds if f != self.chosen)
-        return f"{self.graph}: {self.chosen} ({ms(self.chosen)}; {others})"
+        cached = ", cached" if self.cached else ""
+        return f"{self.graph}: {self.chosen} ({ms(self.chosen)}; {others}{cached})"
+
+
+class FormCache:
+    """Choices timed earlier on this machine, so that a CPU pays for timing once per bundle.
+
+    Why only CPUs: timing a form there takes seconds per run (half a minute for a tiny bundle on
+    2 cores), on a GPU milliseconds. A choice is keyed by everything that decides it (the
+    caller's ``key``: the forms' files by sha256, the engine line with its precision and
+    threads, the CPU and its flags); the file (``<cache>/forms.json``) is read as untrusted
+    input (size-limited, every entry checked against the forms at hand; anything else is
+    ignored) and rewritten atomically. Delete it to have every bundle timed again.
+    """
+
+    LIMIT = 1 << 20  # bytes read at most
+    ENTRIES = 256  # choices kept (the oldest are dropped)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.is_file():  # absent, or not a file to read
+            return {}
+        try:
+            with open(self.path, "rb") as fh:
+                raw = fh.read(self.LIMIT + 1)
+            data = json.loads(raw) if len(raw) <= self.LIMIT else None
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str, graph: str, forms: Sequence[str]) -> FormChoice | None:
+        entry = self._read().get(key)
+        if not isinstance(entry, dict):
+            return None
+        chosen, seconds = entry.get("chosen"), entry.get("seconds")
+        if (
+            chosen not in forms
+            or not isinstance(seconds, dict)
+            or set(seconds) != set(forms)
+            or not all(isinstance(v, float) and math.isfinite(v) for v in seconds.values())
+        ):
+            return None
+        return FormChoice(graph, str(chosen), {str(k): float(v) for k, v in seconds.items()}, True)
+
+    def put(self, key: str, choice: FormChoice) -> None:
+        data = self._read()
+        data.pop(key, None)
+        data[key] = {"chosen": choice.chosen, "seconds": choice.seconds}
+        data = dict(list(data.items())[-self.ENTRIES :])
+        staged = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            staged.write_text(json.dumps(data))
+            os.replace(staged, self.path)
+        except OSError as exc:  # a read-only home: the choice is timed again next time
+            log.debug("could not write %s (%s)", self.path, exc)
+            staged.unlink(missing_ok=True)
 
 
 def fastest_form(
@@ -96,19 +160,35 @@ def fastest_form(
     feeds: Mapping[str, np.ndarray],
     *,
     repeats: int = 5,
+    cache: FormCache | None = None,
+    key: str = "",
 ) -> tuple[GraphSession, FormChoice]:
     """Load each of ``files`` (form -> graph file), time it on ``feeds``, keep the fastest.
 
-    Three warm-up runs come first: the first run of new shapes pays for algorithm searches and
+    Warm-up runs come first: the first run of new shapes pays for algorithm searches and
     allocations, and with CUDA graphs the second run captures; what is timed is what a video's
-    steady state runs. Ties go to the earlier form (the main form first).
+    steady state runs (median of ``repeats``, after three warm-up runs). A graph whose second
+    run takes ``SLOW`` seconds or more (a large graph on a CPU) is timed by its median of two
+    more runs instead: its forms differ by far more than a run's noise there, and eight runs per
+    form would add minutes to loading. Ties go to the earlier form (the main form first).
+    With a ``cache`` (CPUs), a choice found under ``key`` is used without timing, and a new
+    one is stored there.
     """
+    remembered = cache.get(key, contract.name, list(files)) if cache is not None else None
+    if remembered is not None:
+        log.info("graph form %s", remembered.line())
+        return engine.load(files[remembered.chosen], contract), remembered
     fed = {k: engine.upload(v) for k, v in feeds.items()}
     best: tuple[GraphSession, str] | None = None
     choice = FormChoice(contract.name, MAIN)
     for form, path in files.items():
         session = engine.load(path, contract)
-        seconds = time_call(partial(session.run, fed), repeats, warmup=3).median
+        run = partial(session.run, fed)
+        run()  # new shapes: allocations, algorithm searches
+        start = time.perf_counter()
+        run()
+        slow = time.perf_counter() - start >= SLOW
+        seconds = time_call(run, 2 if slow else repeats, warmup=0 if slow else 1).median
         choice.seconds[form] = seconds
         if best is None or seconds < choice.seconds[best[1]]:
             best = (session, form)
@@ -117,4 +197,6 @@ def fastest_form(
     session, choice.chosen = best
     session.seconds, session.calls = 0.0, 0  # what the tracker's own runs cost, from here on
     log.info("graph form %s", choice.line())
+    if cache is not None:
+        cache.put(key, choice)
     return session, choice

@@ -337,8 +337,9 @@ class OrtEngine(Engine):
 
     def describe(self) -> str:
         names = ", ".join(p for p, _ in self.providers)
+        threads = f", threads {self.settings.threads}" if self.settings.threads else ""
         mode = "; fixed buffers" if self.fixed_buffers else ""
         if self.cuda_graph:
             refused = f" except {', '.join(self.uncaptured)}" if self.uncaptured else ""
             mode = f"; CUDA graphs{refused}"
-        return f"onnxruntime {ort.__version__} ({names}), values on {self.device}{mode}"
+        return f"onnxruntime {ort.__version__} ({names}), values on {self.device}{threads}{mode}"

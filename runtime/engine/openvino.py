@@ -29,6 +29,7 @@ import numpy as np
 
 from samurai_onnx.runtime.contract import MODEL_GRAPHS, ContractError, GraphContract, TensorSpec
 from samurai_onnx.runtime.engine.base import Engine, EngineError, EngineSettings, GraphSession
+from samurai_onnx.runtime.host import cpu_flags
 
 try:
     import openvino as ov
@@ -92,17 +93,6 @@ class OpenVinoOptions:
                 f"OpenVINO cache_dir {cache!r}: expected a folder path, or null for no cache"
             )
         return cls(str(precision), hint.upper(), cache)
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (None where there is no such file)."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return set()
 
 
 def resolve_precision(precision: str, flags: Iterable[str] | None) -> str:
