@@ -34,7 +34,7 @@ from samurai_onnx.runtime.bundle import Bundle, BundleError, check_overrides, lo
 from samurai_onnx.runtime.documents import DocumentError, check_threads, one_line, short
 from samurai_onnx.runtime.engine import EngineError
 from samurai_onnx.runtime.engine.base import DEVICES as DEVICE_PROVIDERS
-from samurai_onnx.runtime.engine.forms import CHOICES as FORM_CHOICES
+from samurai_onnx.runtime.engine.forms import check_forms
 from samurai_onnx.runtime.preprocess import FrameError
 from samurai_onnx.runtime.prompts import load_prompts
 from samurai_onnx.runtime.signals import StopFlag, exit_code, handle_signals
@@ -304,8 +304,10 @@ def run_tracking(
     """
     check_device(device)
     check_threads(threads, "--threads", error=UsageError)
-    if forms not in FORM_CHOICES:
-        raise UsageError(f"--forms {forms!r} is not one of {', '.join(FORM_CHOICES)}")
+    try:
+        check_forms(forms)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if fill_hole_area is not None and fill_hole_area < 0:
         raise UsageError(f"--fill-hole-area is {fill_hole_area}; it must be 0 (off) or more")
     if max_frames is not None and max_frames < 1:

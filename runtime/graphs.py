@@ -145,7 +145,7 @@ class SamuraiGraphs:
         self.processing = processing or bundle.processing
         if self.processing not in PROCESSING:
             raise ValueError(f"processing {self.processing!r} is not one of graph, host")
-        check_forms(forms)
+        check_forms(forms, "forms")
         self.forms: dict[str, FormChoice] = {}  # graphs with several forms: which one runs
         geo = bundle.tracker.geometry
         self.geometry = geo

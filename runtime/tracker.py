@@ -34,7 +34,7 @@ from samurai_onnx.runtime.bundle import PROCESSING, Bundle, check_overrides, loa
 from samurai_onnx.runtime.documents import check_threads
 from samurai_onnx.runtime.engine import EngineSettings, create_engine
 from samurai_onnx.runtime.engine.base import DEVICES
-from samurai_onnx.runtime.engine.forms import CHOICES as FORM_CHOICES
+from samurai_onnx.runtime.engine.forms import check_forms
 from samurai_onnx.runtime.graphs import Decoded, FrameFeatures, MemoryPools, SamuraiGraphs
 from samurai_onnx.runtime.memory import MemoryBank, MemoryEntry
 from samurai_onnx.runtime.preprocess import fill_holes, validate_frame
@@ -294,8 +294,10 @@ class Tracker:
             raise TrackerError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         if processing is not None and processing not in PROCESSING:
             raise TrackerError(f"processing {processing!r} is not one of {', '.join(PROCESSING)}")
-        if forms not in FORM_CHOICES:
-            raise TrackerError(f"forms {forms!r} is not one of {', '.join(FORM_CHOICES)}")
+        try:
+            check_forms(forms, "forms")
+        except ValueError as exc:
+            raise TrackerError(str(exc)) from None
         threads = check_threads(threads, "threads", error=TrackerError)
         self.engine = create_engine(engine_settings(self.bundle, device, threads, profile_prefix))
         self.graphs = SamuraiGraphs(self.bundle, self.engine, processing=processing, forms=forms)

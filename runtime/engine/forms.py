@@ -7,7 +7,8 @@ device and its kernels (cuDNN's depthwise kernels, ONNX Runtime's fused fp32 att
 the bundle, so it is measured where the bundle runs: every form of the graph runs on the same
 steady-state inputs (a full memory bank, one object), and the fastest by median is kept; the
 others are released. Like cuDNN's algorithm search, this costs a few runs per form when the
-graphs are loaded, once per tracker.
+graphs are loaded: milliseconds on a GPU, each time; seconds on a CPU, so there the choice is
+cached per machine and bundle (``FormCache``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ CHOICES = ("fastest", MAIN, *FORMS)
 SLOW = 0.25  # seconds per run from which a form is timed by fewer runs (see fastest_form)
 
 
-def check_forms(forms: str) -> str:
+def check_forms(forms: str, what: str = "--forms") -> str:
     """``forms`` if it is one of ``CHOICES``, else ``ValueError`` naming them."""
     if forms not in CHOICES:
-        raise ValueError(f"--forms {forms!r} is not one of {', '.join(CHOICES)}")
+        raise ValueError(f"{what} {forms!r} is not one of {', '.join(CHOICES)}")
     return forms
 
 
