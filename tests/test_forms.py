@@ -278,3 +278,20 @@ def test_a_cpu_times_each_bundle_once(
     Tracker(bundle, threads=1)
     assert len(timed) == 12
     assert sorted(p.name for p in _own_cache.iterdir()) == ["forms.json"]  # no stray files
+
+
+def test_a_components_build_keeps_the_other_graphs_forms(
+    forms_bundle: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``--components mask_decoder`` into a bundle with forms: the kept graphs keep their
+    alternative files and entries, and the bundle still loads (hashes checked)."""
+    out = tmp_path / "b"
+    shutil.copytree(forms_bundle, out)
+    compile_bundle(
+        forms_bundle.parent / "tiny-256.yaml", forms_bundle.parent / "cpu-forms.yaml",
+        checkpoint=tiny_checkpoint, out_dir=out, components=["mask_decoder"],
+    )  # fmt: skip
+    bundle = load_bundle(out)
+    assert set(bundle.components["memory_encoder"].alternatives) == {"dense"}
+    assert set(bundle.components["image_encoder"].alternatives) == {"unfused"}
+    assert bundle.file("memory_encoder", "dense").is_file()
