@@ -295,3 +295,30 @@ def test_a_components_build_keeps_the_other_graphs_forms(
     assert set(bundle.components["memory_encoder"].alternatives) == {"dense"}
     assert set(bundle.components["image_encoder"].alternatives) == {"unfused"}
     assert bundle.file("memory_encoder", "dense").is_file()
+
+
+def test_a_form_that_fails_to_load_is_left_out(
+    forms_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alternative the engine cannot load (e.g. a provider without one of its operators) is
+    skipped with a warning, and the graph runs in the forms that work; the main form failing
+    is an error, as without forms."""
+    from samurai_onnx.runtime.engine import EngineError
+    from samurai_onnx.runtime.engine.onnxruntime import OrtEngine
+
+    real = OrtEngine.load
+    refused = {"memory_encoder.dense.onnx"}
+
+    def load(self: OrtEngine, path: Path, spec: Any) -> Any:
+        if path.name in refused:
+            raise EngineError(f"{path.name}: ONNX Runtime cannot load the graph (refused)")
+        return real(self, path, spec)
+
+    monkeypatch.setattr(OrtEngine, "load", load)
+    tracker = Tracker(load_bundle(forms_bundle), forms="fastest")
+    encoder = tracker.graphs.forms["memory_encoder"]
+    assert encoder.chosen == "main" and encoder.failed == ["dense"]
+    assert set(encoder.seconds) == {"main"} and "dense failed" in tracker.describe()
+    refused.add("memory_encoder.onnx")
+    with pytest.raises(EngineError, match=r"memory_encoder\.onnx"):
+        Tracker(load_bundle(forms_bundle), forms="fastest")

@@ -28,7 +28,7 @@ import numpy as np
 
 from samurai_onnx.runtime.bundle import FORMS
 from samurai_onnx.runtime.contract import GraphContract
-from samurai_onnx.runtime.engine.base import Engine, GraphSession
+from samurai_onnx.runtime.engine.base import Engine, EngineError, GraphSession
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class FormChoice:
     chosen: str
     seconds: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    failed: list[str] = field(default_factory=list)  # forms that would not load or run here
 
     def line(self) -> str:
         """e.g. ``memory_encoder: dense (1.2 ms; main 9.5 ms)``."""
@@ -92,9 +93,10 @@ class FormChoice:
             value = self.seconds[form] * 1e3
             return f"{value:.0f} ms" if value >= 100 else f"{value:.3g} ms"
 
-        others = "; ".join(f"{f} {ms(f)}" for f in self.seconds if f != self.chosen)
+        others = [f"{f} {ms(f)}" for f in self.seconds if f != self.chosen]
+        others += [f"{f} failed" for f in self.failed]
         cached = ", cached" if self.cached else ""
-        return f"{self.graph}: {self.chosen} ({ms(self.chosen)}; {others}{cached})"
+        return f"{self.graph}: {self.chosen} ({'; '.join([ms(self.chosen), *others])}{cached})"
 
 
 class FormCache:
@@ -183,13 +185,21 @@ def fastest_form(
     best: tuple[GraphSession, str] | None = None
     choice = FormChoice(contract.name, MAIN)
     for form, path in files.items():
-        session = engine.load(path, contract)
-        run = partial(session.run, fed)
-        run()  # new shapes: allocations, algorithm searches
-        start = time.perf_counter()
-        run()
-        slow = time.perf_counter() - start >= SLOW
-        seconds = time_call(run, 2 if slow else repeats, warmup=0 if slow else 1).median
+        try:
+            session = engine.load(path, contract)
+            run = partial(session.run, fed)
+            run()  # new shapes: allocations, algorithm searches
+            start = time.perf_counter()
+            run()
+            slow = time.perf_counter() - start >= SLOW
+            seconds = time_call(run, 2 if slow else repeats, warmup=0 if slow else 1).median
+        except EngineError as exc:
+            if form == MAIN:
+                raise
+            # e.g. an engine or provider that cannot run this form: the others still can
+            log.warning("%s: the %s form is left out (%s)", contract.name, form, exc)
+            choice.failed.append(form)
+            continue
         choice.seconds[form] = seconds
         if best is None or seconds < choice.seconds[best[1]]:
             best = (session, form)
