@@ -266,8 +266,10 @@ def _build_model_graph(
                 "simplify", "fp32", lambda: simplify_graph(src, work / f"{stem}.sim.onnx")
             )
     plain = path
-    if (target.depthwise == "dense" or form == "dense") and count_depthwise(
-        onnx.load(str(path), load_external_data=False)
+    # the dense form was checked for depthwise convolutions above; the main form is checked here
+    if form == "dense" or (
+        target.depthwise == "dense"
+        and count_depthwise(onnx.load(str(path), load_external_data=False))
     ):
         src = path
         path = step(

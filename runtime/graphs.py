@@ -169,15 +169,13 @@ class SamuraiGraphs:
 
     def _load(self, name: str, spec: Any, forms: str) -> GraphSession:
         """``name``'s session in the form ``forms`` asks for (see the module's docstring)."""
-        alternatives = self.bundle.components[name].alternatives
-        if not alternatives or forms == MAIN:
-            return self.engine.load(self.bundle.file(name), spec)
+        info = self.bundle.components[name]
+        alternatives = info.alternatives
         if forms in alternatives:
             self.forms[name] = FormChoice(name, forms)
             return self.engine.load(self.bundle.file(name, forms), spec)
-        if forms != "fastest":  # a form this graph does not have
+        if not alternatives or forms != "fastest":  # main, or a form this graph does not have
             return self.engine.load(self.bundle.file(name), spec)
-        info = self.bundle.components[name]
         files = {MAIN: self.bundle.file(name), **{f: self.bundle.file(name, f) for f in alternatives}}
         feeds = steady_state_feeds(name, 1, self.geometry, self.static and name == "memory_attention")
         cache, key = None, ""

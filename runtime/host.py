@@ -8,6 +8,7 @@ OpenVINO's compiled models and those choices.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -45,8 +46,10 @@ def cpu_name(cpuinfo: Path = CPUINFO) -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def machine() -> str:
-    """One line naming the machine: CPU, cores, OS and the ISA flags that matter."""
+    """One line naming the machine: CPU, cores, OS and the ISA flags that matter (read once per
+    process: each graph with several forms keys its cached choice by it)."""
     flags = " ".join(isa_flags()) or "none of " + " ".join(ISA_FLAGS)
     return (
         f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
