@@ -31,9 +31,8 @@ from samurai_onnx.runtime.bundle import (
     DIGEST_NAME,
     MANIFEST_NAME,
     BundleError,
-    _inside,
+    check_file,
     read_manifest,
-    sha256_file,
 )
 from samurai_onnx.runtime.documents import short
 
@@ -146,12 +145,12 @@ def kept_components(
             raise OutputError(f"{where}.alternatives: malformed {short(forms)}; build all components")
         files = {}
         for item in (entry, *forms.values()):
-            source = _inside(existing, item["file"], where)
-            if not source.is_file() or sha256_file(source) != str(item.get("sha256", "")).lower():
-                raise OutputError(
-                    f"{where}: {short(item['file'])} is missing or does not match its sha256; "
-                    "build all components (leave out --components)"
+            try:
+                source = check_file(
+                    existing, item, where, fix="build all components (leave out --components)"
                 )
+            except BundleError as exc:
+                raise OutputError(str(exc)) from None
             files[item["file"]] = source
         kept.append(KeptComponent(name, files, dict(entry)))
     return kept

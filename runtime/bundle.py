@@ -492,18 +492,28 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return {**data, "model": model, "source_checkpoint": ckpt, "target": target}
 
 
-def _check_file(root: Path, info: Mapping[str, Any], where: str, verify_hashes: bool) -> None:
-    """The graph file ``info`` names: inside the bundle, present, and (by default) unmodified."""
+def check_file(
+    root: Path,
+    info: Mapping[str, Any],
+    where: str,
+    verify_hashes: bool = True,
+    fix: str = "rebuild or re-copy the bundle",
+) -> Path:
+    """The graph file ``info`` names: inside the bundle, present, and (by default) unmodified.
+
+    One check for the loader and for the compiler's ``--components`` merge (which keeps an
+    existing bundle's files, so must trust them no more than the loader does); ``fix`` is what
+    the one-line error tells the user to do.
+    """
     file_path = _inside(root, info["file"], where)
     if not file_path.is_file():
-        raise BundleError(
-            f"{where}: file {info['file'][:200]} is missing; rebuild or re-copy the bundle"
-        )
-    if verify_hashes and sha256_file(file_path) != info["sha256"].lower():
+        raise BundleError(f"{where}: file {info['file'][:200]} is missing; {fix}")
+    if verify_hashes and sha256_file(file_path) != str(info.get("sha256", "")).lower():
         raise BundleError(
             f"{where}: {info['file'][:200]} does not match its sha256 (corrupted or "
-            "modified); rebuild or re-copy the bundle"
+            f"modified); {fix}"
         )
+    return file_path
 
 
 def _errors(info: Mapping[str, Any], where: str) -> dict[str, float]:
@@ -523,7 +533,7 @@ def _alternatives(
     for form in forms:
         aw = f"{where}.alternatives"
         alt = _section(forms, form, aw, _ALTERNATIVE_KEYS, ("max_abs_error",))
-        _check_file(root, alt, _at(aw, form), verify_hashes)
+        check_file(root, alt, _at(aw, form), verify_hashes)
         out[form] = AlternativeInfo(
             form, alt["file"], alt["sha256"], alt["precision"], _errors(alt, _at(aw, form))
         )
@@ -567,7 +577,7 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         ):
             raise BundleError(f"{where} needs 'file' and 'sha256'; rebuild the bundle")
         info = _section(comps, name, f"{manifest}: components", _COMPONENT_KEYS, _OPTIONAL)
-        _check_file(root, info, where, verify_hashes)
+        check_file(root, info, where, verify_hashes)
         static = info.get("static", False)
         if static and name != "memory_attention":
             raise BundleError(f"{where}.static: only memory_attention has a static variant; rebuild")

@@ -180,6 +180,41 @@ def test_alternative_files_are_checked_like_main_ones(
     assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("tampered", "memory_encoder.dense.onnx does not match its sha256 (corrupted or modified); build all components (leave out --components)"),
+        ("outside", "points outside the bundle directory"),
+        ("missing", "is missing; build all components (leave out --components)"),
+    ],
+)
+def test_a_components_build_keeps_only_checked_forms(
+    forms_bundle: Path, tmp_path: Path, case: str, needle: str
+) -> None:
+    """``--components image_encoder`` into a bundle keeps its memory encoder's files: a kept
+    form is checked as the loader checks it (one check), with the merge's own fix."""
+    from samurai_onnx.compiler.staging import OutputError, kept_components
+
+    def edit(entry: dict[str, Any], root: Path) -> None:
+        dense = entry["alternatives"]["dense"]
+        if case == "tampered":
+            with open(root / dense["file"], "ab") as fh:
+                fh.write(b"\0")
+        elif case == "outside":
+            dense["file"] = "../memory_encoder.onnx"
+        else:
+            (root / dense["file"]).unlink()
+
+    header = {k: v for k, v in yaml.safe_load((forms_bundle / "bundle.yaml").read_text()).items()
+              if k not in ("components", "format_version")}  # fmt: skip
+    kept = kept_components(forms_bundle, header, ["image_encoder"])
+    assert "memory_encoder.dense.onnx" in {f for k in kept for f in k.files}
+    bundle = _edited(forms_bundle, tmp_path / "b", edit)
+    with pytest.raises(OutputError) as info:
+        kept_components(bundle, header, ["image_encoder"])
+    assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
 @requires_oracle
 @pytest.mark.oracle
 @pytest.mark.slow
@@ -280,6 +315,34 @@ def test_a_cpu_times_each_bundle_once(
     assert sorted(p.name for p in _own_cache.iterdir()) == ["forms.json"]  # no stray files
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"chosen": "main", "seconds": {"main": 0.1}, "failed": ["dense"]},  # the good one
+        {"chosen": "main", "seconds": {"main": 0.1}, "failed": ["main", "dense"]},
+        {"chosen": "dense", "seconds": {"main": 0.1}, "failed": ["dense"]},
+        {"chosen": "main", "seconds": {"main": 0.1, "dense": 0.2}, "failed": ["dense"]},
+        {"chosen": "main", "seconds": {"main": 0.1}, "failed": "dense"},
+        {"chosen": "main", "seconds": {"main": 0.1}, "failed": [["dense"]]},
+        {"chosen": "main", "seconds": {"main": 0.1}},
+    ],
+)
+def test_a_cached_failure_is_used_only_when_consistent(
+    _own_cache: Path, entry: dict[str, Any]
+) -> None:
+    """A cached entry with failed forms is trusted only if its timed and failed forms are
+    exactly the graph's forms, disjoint, and the chosen form (and main) did not fail."""
+    cache = FormCache(_own_cache / "forms.json")
+    _own_cache.mkdir()
+    cache.path.write_text(json.dumps({"k": entry}))
+    got = cache.get("k", "memory_encoder", ["main", "dense"])
+    if entry == {"chosen": "main", "seconds": {"main": 0.1}, "failed": ["dense"]}:
+        assert got is not None and got.failed == ["dense"] and got.cached
+        assert got.line() == "memory_encoder: main (100 ms; dense failed, cached)"
+    else:
+        assert got is None
+
+
 def test_a_components_build_keeps_the_other_graphs_forms(
     forms_bundle: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -319,6 +382,14 @@ def test_a_form_that_fails_to_load_is_left_out(
     encoder = tracker.graphs.forms["memory_encoder"]
     assert encoder.chosen == "main" and encoder.failed == ["dense"]
     assert set(encoder.seconds) == {"main"} and "dense failed" in tracker.describe()
+    loads: list[str] = []
+    monkeypatch.setattr(
+        OrtEngine, "load", lambda self, path, spec: loads.append(path.name) or load(self, path, spec)
+    )
+    again = Tracker(load_bundle(forms_bundle), forms="fastest")  # on a CPU: cached, failure too
+    encoder = again.graphs.forms["memory_encoder"]
+    assert encoder.cached and encoder.chosen == "main" and encoder.failed == ["dense"]
+    assert "memory_encoder.dense.onnx" not in loads and "dense failed, cached" in again.describe()
     refused.add("memory_encoder.onnx")
     with pytest.raises(EngineError, match=r"memory_encoder\.onnx"):
         Tracker(load_bundle(forms_bundle), forms="fastest")

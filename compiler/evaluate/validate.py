@@ -9,9 +9,9 @@ on the same JPEG frames: per-frame mask IoU, box error, chosen-candidate and mem
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.evaluate.oracle import ORACLE_CONFIGS, build_oracle, run_oracle
 from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, bf16_step
-from samurai_onnx.runtime.bundle import FORMS, Bundle, load_bundle
+from samurai_onnx.runtime.bundle import Bundle, load_bundle
 from samurai_onnx.runtime.contract import contract
 from samurai_onnx.runtime.engine import Engine, create_engine
 from samurai_onnx.runtime.graphs import _pad
@@ -95,7 +95,11 @@ class ValidationReport:
         lines = [
             f"### Validation of `{self.bundle}` ({self.precision})",
             "",
-            *([f"End to end, graphs with several forms ran as: {self.forms}", ""] if self.forms else []),
+            *(
+                [f"End to end, graphs with several forms ran as: {self.forms}", ""]
+                if self.forms
+                else []
+            ),
             "| component | output | max abs error | mean abs error | tolerance | ok |",
             "|---|---|---|---|---|---|",
         ]
@@ -140,24 +144,53 @@ def _err(ours: np.ndarray, ref: torch.Tensor | np.ndarray, *, bf16: bool = False
 
 
 class _Graphs:
-    """Runs a bundle's graphs one call at a time on ``engine`` (the bundle's); ``form``: that
-    form (``bundle.FORMS``) of the graphs that have it, the main form of the others."""
+    """Runs a bundle's graphs one call at a time on ``engine`` (the bundle's)."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, form: str | None = None) -> None:
-        self.bundle, self.engine, self.form = bundle, engine, form
+    def __init__(self, bundle: Bundle, engine: Engine) -> None:
+        self.bundle, self.engine = bundle, engine
 
-    def precision(self, name: str) -> str:
-        """What ``name`` runs at here (bf16 for an fp32 graph on OpenVINO with a bf16 hint)."""
-        return self.engine.run_precision(name, self.bundle.components[name].precision)
+    def precision(self, name: str, form: str | None = None) -> str:
+        """What ``name`` (in ``form``) runs at here (bf16 for an fp32 graph on OpenVINO with a
+        bf16 hint)."""
+        info = self.bundle.components[name]
+        file_precision = info.alternatives[form].precision if form else info.precision
+        return self.engine.run_precision(name, file_precision)
 
-    def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(
+        self, name: str, feeds: dict[str, np.ndarray], form: str | None = None
+    ) -> dict[str, np.ndarray]:
         engine = self.engine
         spec = contract(
             name, self.bundle.tracker.geometry, static=self.bundle.components[name].static
         )
-        form = self.form if self.form in self.bundle.components[name].alternatives else None
         out = engine.load(self.bundle.file(name, form), spec).run(feeds)
         return {k: np.array(engine.download(v)) for k, v in out.items()}
+
+    def check(
+        self,
+        name: str,
+        feeds: dict[str, np.ndarray],
+        errors: Callable[[dict[str, np.ndarray]], dict[str, OutputError]],
+    ) -> tuple[dict[str, np.ndarray], list[ComponentReport]]:
+        """Run ``name`` on ``feeds`` in its main form and in each of its other forms; one row
+        per form (``name/form``), each measured by ``errors`` against the same reference.
+
+        The main form's outputs are returned: the next graphs' inputs come from them (or from
+        the oracle), so every form is checked on the same inputs without a second pass.
+        """
+        info = self.bundle.components[name]
+        out = self.run(name, feeds)
+        rows = [ComponentReport(name, self.precision(name), info.tolerance, errors(out))]
+        for form in info.alternatives:
+            rows.append(
+                ComponentReport(
+                    f"{name}/{form}",
+                    self.precision(name, form),
+                    info.tolerance,
+                    errors(self.run(name, feeds, form)),
+                )
+            )
+        return out, rows
 
 
 def _component_reports(
@@ -167,27 +200,30 @@ def _component_reports(
     s = bundle.tracker
     geo = s.geometry
     reports: list[ComponentReport] = []
-    _run = graphs.run
 
-    def report(name: str, outputs: dict[str, OutputError]) -> None:
-        info = bundle.components[name]
-        reports.append(ComponentReport(name, graphs.precision(name), info.tolerance, outputs))
+    def check(
+        name: str,
+        feeds: dict[str, np.ndarray],
+        errors: Callable[[dict[str, np.ndarray]], dict[str, OutputError]],
+    ) -> dict[str, np.ndarray]:
+        out, rows = graphs.check(name, feeds, errors)
+        reports.extend(rows)
+        return out
 
     image = preprocess_frame(frame, s.image_size, s.image_mean, s.image_std)
     if "preprocess" in bundle.components:  # in-graph preprocessing vs SAM 2's PIL loader
-        pre = _run("preprocess", {"frame": frame})["image"]
-        report("preprocess", {"image": _err(pre, image)})
+        check("preprocess", {"frame": frame}, lambda o: {"image": _err(o["image"], image)})
     with torch.inference_mode():
         backbone = oracle.forward_image(torch.from_numpy(image))
     fpn, pos = backbone["backbone_fpn"], backbone["vision_pos_enc"]
-    enc = _run("image_encoder", {"image": image})
-    report(
+    check(
         "image_encoder",
-        {
-            "high_res_feat_s0": _err(enc["high_res_feat_s0"], fpn[0]),
-            "high_res_feat_s1": _err(enc["high_res_feat_s1"], fpn[1]),
-            "vision_features": _err(enc["vision_features"], fpn[2]),
-            "vision_pos_enc": _err(enc["vision_pos_enc"], pos[2]),
+        {"image": image},
+        lambda o: {
+            "high_res_feat_s0": _err(o["high_res_feat_s0"], fpn[0]),
+            "high_res_feat_s1": _err(o["high_res_feat_s1"], fpn[1]),
+            "vision_features": _err(o["vision_features"], fpn[2]),
+            "vision_pos_enc": _err(o["vision_pos_enc"], pos[2]),
         },
     )
     # The same inputs for both from here on: the oracle's features.
@@ -216,7 +252,7 @@ def _component_reports(
         lam = appearing.float()[:, :, None]
         ptr = lam * oracle.obj_ptr_proj(tokens) + (1 - lam) * oracle.no_obj_ptr
     low = s.low_res_mask_size
-    dec = _run(
+    dec = check(
         "mask_decoder",
         {
             "image_embed": vf.numpy(),
@@ -228,14 +264,11 @@ def _component_reports(
             "mask_input": np.zeros((1, 1, low, low), np.float32),
             "has_mask_input": np.zeros(1, np.float32),
         },
-    )
-    report(
-        "mask_decoder",
-        {
-            "masks": _err(dec["masks"], masks),
-            "iou_predictions": _err(dec["iou_predictions"], iou),
-            "object_score_logits": _err(dec["object_score_logits"], score),
-            "obj_ptr": _err(dec["obj_ptr"], ptr),
+        lambda o: {
+            "masks": _err(o["masks"], masks),
+            "iou_predictions": _err(o["iou_predictions"], iou),
+            "object_score_logits": _err(o["object_score_logits"], score),
+            "obj_ptr": _err(o["obj_ptr"], ptr),
         },
     )
     mask_low = masks[:, 3:4]
@@ -254,7 +287,7 @@ def _component_reports(
         if s.memory_bf16:  # as the video predictor stores it
             mem = mem.to(torch.bfloat16).float()
     slots, ptr_slots = geo.memory_slots, geo.pointer_slots
-    menc = _run(
+    check(
         "memory_encoder",
         {
             "vision_features": vf.numpy(),
@@ -269,15 +302,12 @@ def _component_reports(
             "ptr_pool": np.zeros((ptr_slots, s.d_model), np.float32),
             "ptr_slot": np.array([2], np.int64),
         },
-    )
-    report(
-        "memory_encoder",
-        {
-            "memory_pool_out": _err(menc["memory_pool_out"][1:2], mem, bf16=s.memory_bf16),
-            "ptr_pool_out": _err(menc["ptr_pool_out"][2:3], ptr[:, 3]),
+        lambda o: {
+            "memory_pool_out": _err(o["memory_pool_out"][1:2], mem, bf16=s.memory_bf16),
+            "ptr_pool_out": _err(o["ptr_pool_out"][2:3], ptr[:, 3]),
         },
     )
-    reports.append(_memory_attention_report(graphs, oracle, vf, vpos, mem, mem_pos[-1], ptr[:, 3]))
+    reports += _memory_attention_reports(graphs, oracle, vf, vpos, mem, mem_pos[-1], ptr[:, 3])
     if "postprocess" in bundle.components:
         reports.append(_postprocess_report(graphs, masks[0, 3].numpy(), (w, h)))
     return reports
@@ -316,7 +346,7 @@ def _postprocess_report(
     )
 
 
-def _memory_attention_report(
+def _memory_attention_reports(
     graphs: _Graphs,
     oracle: Any,
     vf: torch.Tensor,
@@ -324,7 +354,7 @@ def _memory_attention_report(
     mem: torch.Tensor,
     mem_pos: torch.Tensor,
     ptr: torch.Tensor,
-) -> ComponentReport:
+) -> list[ComponentReport]:
     """Three memories (the encoded first frame at three temporal positions, perturbed) and five
     pointers, laid out for the oracle the way ``_prepare_memory_conditioned_features`` does, and
     put in pool slots (out of order) for the graph."""
@@ -385,13 +415,12 @@ def _memory_attention_report(
         ptr_index=ptr_index,
         ptr_offsets=ptr_offsets.astype(np.float32),
     )
-    got = graphs.run("memory_attention", feeds)["conditioned_features"]
-    return ComponentReport(
+    _, rows = graphs.check(
         "memory_attention",
-        graphs.precision("memory_attention"),
-        info.tolerance,
-        {"conditioned_features": _err(got, ref)},
+        feeds,
+        lambda o: {"conditioned_features": _err(o["conditioned_features"], ref)},
     )
+    return rows
 
 
 def validate(
@@ -437,13 +466,6 @@ def validate(
     overrides = dict(overrides or {})
     oracle = build_oracle(size, checkpoint, {**overrides, "fill_hole_area": 0})
     report.components = _component_reports(graphs, oracle, clip[0], box)
-    for form in FORMS:
-        having = {n for n, c in bundle.components.items() if form in c.alternatives}
-        if having:
-            alt = _component_reports(_Graphs(bundle, graphs.engine, form), oracle, clip[0], box)
-            report.components += [
-                dataclasses.replace(r, name=f"{r.name}/{form}") for r in alt if r.name in having
-            ]
     with tempfile.TemporaryDirectory(prefix="samurai-validate-") as tmp:
         import cv2
 

@@ -105,7 +105,8 @@ class FormCache:
     Why only CPUs: timing a form there takes seconds per run (half a minute for a tiny bundle on
     2 cores), on a GPU milliseconds. A choice is keyed by everything that decides it (the
     caller's ``key``: the forms' files by sha256, the engine line with its precision and
-    threads, the CPU and its flags); the file (``<cache>/forms.json``) is read as untrusted
+    threads, the CPU and its flags); a form that failed to load or run is remembered as failed
+    (same files, engine and machine: it fails again; deleting the file retries it); the file (``<cache>/forms.json``) is read as untrusted
     input (size-limited, every entry checked against the forms at hand; anything else is
     ignored) and rewritten atomically. Delete it to have every bundle timed again.
     """
@@ -132,19 +133,28 @@ class FormCache:
         if not isinstance(entry, dict):
             return None
         chosen, seconds = entry.get("chosen"), entry.get("seconds")
+        failed = entry.get("failed", [])
         if (
             chosen not in forms
             or not isinstance(seconds, dict)
-            or set(seconds) != set(forms)
+            or not isinstance(failed, list)
+            or not all(isinstance(f, str) for f in failed)
+            or MAIN in failed
+            or chosen in failed
+            or set(seconds) & set(failed)
+            or set(seconds) | set(failed) != set(forms)
+            or len(failed) != len(set(failed))
             or not all(isinstance(v, float) and math.isfinite(v) for v in seconds.values())
         ):
             return None
-        return FormChoice(graph, str(chosen), {str(k): float(v) for k, v in seconds.items()}, True)
+        return FormChoice(
+            graph, str(chosen), {str(k): float(v) for k, v in seconds.items()}, True, list(failed)
+        )
 
     def put(self, key: str, choice: FormChoice) -> None:
         data = self._read()
         data.pop(key, None)
-        data[key] = {"chosen": choice.chosen, "seconds": choice.seconds}
+        data[key] = {"chosen": choice.chosen, "seconds": choice.seconds, "failed": choice.failed}
         data = dict(list(data.items())[-self.ENTRIES :])
         staged = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
