@@ -147,6 +147,22 @@ def _edited(src: Path, dst: Path, edit: Any) -> Path:
     return dst
 
 
+def _break_dense(case: str, entry: dict[str, Any], root: Path) -> None:
+    """The memory encoder's dense form made bad in one way (``case``)."""
+    dense = entry["alternatives"]["dense"]
+    if case == "tampered":
+        with open(root / dense["file"], "ab") as fh:
+            fh.write(b"\0")
+    elif case == "outside":
+        dense["file"] = "../memory_encoder.onnx"
+    elif case == "missing":
+        (root / dense["file"]).unlink()
+    elif case == "unknown":
+        entry["alternatives"]["sparse"] = copy.deepcopy(dense)
+    else:
+        del dense["file"]
+
+
 @pytest.mark.parametrize(
     ("case", "needle"),
     [
@@ -160,21 +176,7 @@ def _edited(src: Path, dst: Path, edit: Any) -> Path:
 def test_alternative_files_are_checked_like_main_ones(
     forms_bundle: Path, tmp_path: Path, case: str, needle: str
 ) -> None:
-    def edit(entry: dict[str, Any], root: Path) -> None:
-        dense = entry["alternatives"]["dense"]
-        if case == "tampered":
-            with open(root / dense["file"], "ab") as fh:
-                fh.write(b"\0")
-        elif case == "outside":
-            dense["file"] = "../memory_encoder.onnx"
-        elif case == "missing":
-            (root / dense["file"]).unlink()
-        elif case == "unknown":
-            entry["alternatives"]["sparse"] = copy.deepcopy(dense)
-        else:
-            del dense["file"]
-
-    bundle = _edited(forms_bundle, tmp_path / "b", edit)
+    bundle = _edited(forms_bundle, tmp_path / "b", lambda e, root: _break_dense(case, e, root))
     with pytest.raises(BundleError) as info:
         load_bundle(bundle)
     assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
@@ -195,21 +197,11 @@ def test_a_components_build_keeps_only_checked_forms(
     form is checked as the loader checks it (one check), with the merge's own fix."""
     from samurai_onnx.compiler.staging import OutputError, kept_components
 
-    def edit(entry: dict[str, Any], root: Path) -> None:
-        dense = entry["alternatives"]["dense"]
-        if case == "tampered":
-            with open(root / dense["file"], "ab") as fh:
-                fh.write(b"\0")
-        elif case == "outside":
-            dense["file"] = "../memory_encoder.onnx"
-        else:
-            (root / dense["file"]).unlink()
-
     header = {k: v for k, v in yaml.safe_load((forms_bundle / "bundle.yaml").read_text()).items()
               if k not in ("components", "format_version")}  # fmt: skip
     kept = kept_components(forms_bundle, header, ["image_encoder"])
     assert "memory_encoder.dense.onnx" in {f for k in kept for f in k.files}
-    bundle = _edited(forms_bundle, tmp_path / "b", edit)
+    bundle = _edited(forms_bundle, tmp_path / "b", lambda e, root: _break_dense(case, e, root))
     with pytest.raises(OutputError) as info:
         kept_components(bundle, header, ["image_encoder"])
     assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
