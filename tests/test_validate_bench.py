@@ -196,3 +196,18 @@ def test_markdown_shows_the_ratio_to_fp16_autocast() -> None:
     assert "| vs PyTorch fp32 | vs PyTorch fp16 autocast |" in md
     assert "| onnx | 1 | 0.0200 | - | - | 2.00x | 1.50x | 4 |" in md
     assert "| pytorch-fp16 | 1 | 0.0300 | - | - | 1.33x | - | 4 |" in md
+
+
+def test_the_gpu_reference_is_strict_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch runs fp32 cuDNN convolutions in TF32 by default on a GPU; the oracle (the fp32
+    reference of samurai-bench and gpu_diagnose) turns TF32 off, as the fp32 bundles do, and
+    through the flags that every torch version can read back."""
+    import torch
+
+    from samurai_onnx.compiler.evaluate.oracle import strict_fp32
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert strict_fp32() == "TF32 off"
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False

@@ -214,7 +214,10 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
     side = "pytorch-fp16" if half else "pytorch"
     res = SideResult(side, engine=f"torch {torch.__version__} on {device}")
     if device == "cuda":
-        res.engine += f" ({torch.cuda.get_device_name(0)})"
+        # build_oracle made fp32 strict (no TF32 convolutions, PyTorch's GPU default)
+        res.engine += f" ({torch.cuda.get_device_name(0)}), " + (
+            "fp16 autocast" if half else "fp32, TF32 off"
+        )
 
     def sync() -> None:
         if device == "cuda":

@@ -42,13 +42,41 @@ class OracleFrame:
     kf_score: float | None
 
 
+def strict_fp32() -> str:
+    """Turn TF32 off for PyTorch's fp32 convolutions and matmuls; returns what was set.
+
+    Why: on Ampere and newer GPUs PyTorch runs cuDNN convolutions of fp32 tensors in TF32 by
+    default (``torch.backends.cudnn.conv.fp32_precision`` is ``"tf32"``; matmuls default to
+    full fp32), so SAMURAI's code on a GPU with default settings is not the fp32 model: its patch
+    embedding, FPN neck, memory encoder and mask upscaling convolutions round their inputs to
+    10 mantissa bits. On an H200 with those defaults (issue 8), the fp32 bundle on the CPU
+    provider, exact against the CPU oracle, followed that GPU reference at IoU 0.9985 only.
+    The fp32 bundles run with TF32 off (``use_tf32: 0``), so the reference they are checked
+    and timed against does too. SAMURAI's fp16 autocast is unaffected (its convolutions
+    and matmuls run in fp16).
+    """
+    import torch
+
+    # The flags every torch version reads (torch >= 2.9 maps them onto its per-backend
+    # ``fp32_precision`` settings; setting those instead makes the old flags raise when read).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return "TF32 off"
+
+
 def build_oracle(
     size: str,
     checkpoint: Path | None,
     overrides: dict[str, Any] | None = None,
     device: str = "cpu",
 ) -> Any:
-    """SAMURAI's ``SAM2VideoPredictor`` on ``device`` with hydra ``++model.k=v`` overrides."""
+    """SAMURAI's ``SAM2VideoPredictor`` on ``device`` with hydra ``++model.k=v`` overrides.
+
+    On a GPU the process's fp32 arithmetic is made strict first (``strict_fp32``): the oracle
+    is the fp32 model on every device.
+    """
+    if device != "cpu":
+        strict_fp32()
     try:
         from sam2.build_sam import build_sam2_video_predictor
     except Exception as exc:
