@@ -14,7 +14,9 @@ one run, so that one lent GPU session is enough:
 3. time: per model graph median ms with the target's options, with ``prefer_nhwc``, with CUDA
    graphs (``enable_cuda_graph``: fixed addresses), also on the graph specialised to its input
    shapes (onnxsim), and for the memory encoder with its depthwise convolutions made dense
-   (``compiler/passes/depthwise.py``); the profiler's top nodes and op types per graph; with
+   (``compiler/passes/depthwise.py``); each of the bundle's other forms (``alternatives``:
+   dense, unfused) timed the same way, with its own device-vs-CPU parity (would the runtime's
+   fastest form also be the closer one?); the profiler's top nodes and op types per graph; with
    ``--checkpoint``, the reference's top operators for the memory encoder and decoder.
 
     python scripts/gpu_diagnose.py /tmp/gw/tiny-cuda --out out/diag [--device cuda]
@@ -238,7 +240,8 @@ def end_to_end(bundle_path: Path, device: str, frames: int) -> dict[str, Any]:
     masks = {}
     for dev in ("cpu", device):
         bundle = load_bundle(bundle_path)
-        tracker = Tracker(bundle, device=dev, num_frames=frames, overrides=FULL_BANK)
+        # the main forms on both sides: the runtime could pick other forms on each device
+        tracker = Tracker(bundle, device=dev, num_frames=frames, overrides=FULL_BANK, forms="main")
         got = [tracker.start(clip[0], [box])[0].mask]
         got += [tracker.step(f)[0].mask for f in clip[1:]]
         masks[dev] = got
@@ -283,7 +286,14 @@ def main() -> None:
         ref = cpu.run(None, feeds)
         entry: dict[str, Any] = {"parity": parity(path, feeds, ref, outs, dev, args.tolerance)}
         models: dict[str, Path | bytes] = {"": path}
-        if name == "memory_encoder":
+        for form in bundle.components[name].alternatives:
+            # the bundle's other forms (the runtime times them and keeps the fastest): each
+            # one's own device-vs-CPU parity (is one of them closer on this device?) and time
+            alt = bundle.file(name, form)
+            alt_ref = create_session(alt, CPU).run(None, feeds)
+            entry[f"parity_{form}"] = parity(alt, feeds, alt_ref, outs, dev, args.tolerance)
+            models[form] = alt
+        if name == "memory_encoder" and "dense" not in models:
             model = onnx.load(str(path))
             if densify_depthwise(model):
                 models["dense_depthwise"] = model.SerializeToString()
@@ -354,6 +364,17 @@ def to_markdown(report: dict[str, Any]) -> str:
         for key in ("first_nodes_over_tolerance", "worst_nodes"):
             if key in e["parity"]:
                 lines.append(f"- {key}: {e['parity'][key][:8]}")
+        for key, p in e.items():
+            if key.startswith("parity_"):  # one of the bundle's other forms
+                lines.append(
+                    f"- {key[len('parity_') :]} form, max rel. error device vs CPU (optimized / "
+                    f"unoptimized): {max(p['optimized'].values()):.2e} / "
+                    f"{max(p['unoptimized'].values()):.2e}"
+                )
+                if "first_nodes_over_tolerance" in p:
+                    lines.append(
+                        f"  - first nodes over tolerance: {p['first_nodes_over_tolerance'][:8]}"
+                    )
         for key, value in e.items():
             if key.endswith("_cpu_error"):
                 lines.append(

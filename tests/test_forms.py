@@ -255,6 +255,28 @@ def test_the_bench_runs_and_names_the_forms(forms_bundle: Path) -> None:
     assert "forms: memory_encoder: dense" in to_markdown(report)
 
 
+def test_gpu_diagnose_checks_and_times_every_form(
+    forms_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scripts/gpu_diagnose.py (CPU dry run) on a bundle with forms: each form gets its own
+    device-vs-CPU parity and timings, the bundle's dense form replaces the script's own rewrite,
+    and the end-to-end comparison runs the main forms on both sides."""
+    import sys
+
+    from scripts import gpu_diagnose
+
+    out = tmp_path / "diag"
+    argv = ["gpu_diagnose.py", str(forms_bundle), "--out", str(out), "--device", "cpu",
+            "--graphs", "memory_encoder", "--repeats", "1", "--frames", "0"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    gpu_diagnose.main()
+    enc = json.loads((out / "diagnose.json").read_text())["graphs"]["memory_encoder"]
+    assert max(enc["parity_dense"]["optimized"].values()) == 0.0  # CPU against CPU
+    assert enc["dense_cpu_error"] == 0.0  # the dense form: the main form's numbers
+    assert {"target", "dense", "static", "dense+static"} == set(enc["ms"])
+    assert "dense form, max rel. error device vs CPU" in (out / "diagnose.md").read_text()
+
+
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The graphs ``fastest_form`` times, one entry per timed form."""
     timed: list[str] = []
