@@ -106,9 +106,10 @@ class FormCache:
     2 cores), on a GPU milliseconds. A choice is keyed by everything that decides it (the
     caller's ``key``: the forms' files by sha256, the engine line with its precision and
     threads, the CPU and its flags); a form that failed to load or run is remembered as failed
-    (same files, engine and machine: it fails again; deleting the file retries it); the file (``<cache>/forms.json``) is read as untrusted
-    input (size-limited, every entry checked against the forms at hand; anything else is
-    ignored) and rewritten atomically. Delete it to have every bundle timed again.
+    (same files, engine and machine: it would fail again). The file (``<cache>/forms.json``) is
+    read as untrusted input (size-limited, every entry checked against the forms at hand;
+    anything else is ignored) and rewritten atomically. Delete it to have every bundle timed
+    (and every failed form tried) again.
     """
 
     LIMIT = 1 << 20  # bytes read at most
