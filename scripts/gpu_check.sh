@@ -24,6 +24,10 @@
 #   dense (and cuda unfused) as alternatives: their bundles run the faster form, and the bench's
 #   engine line shows each form's time.
 #   VARIANTS="" benchmarks the targets alone.
+#   Every bundle is compiled first, all at the same time (CPU work); then the GPU steps run one
+#   at a time. DEADLINE (seconds from the start; default 0: none) bounds a lent machine's call:
+#   each step gets what is left (SIGINT at the end) and a step with under 30 s left is skipped,
+#   so the results so far and OUT/timeline.txt always come back.
 set -euo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [VIDEO]}
 VIDEO=${2:-}
@@ -36,6 +40,7 @@ REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
 STEPS=${STEPS:-bench diagnose}
 VARIANTS=${VARIANTS-graph}
+DEADLINE=${DEADLINE:-0}
 mkdir -p "$OUT" "$WORK"
 CKPT="$WORK/sam2.1_hiera_tiny.pt"
 [ -f "$CKPT" ] || python3 -m samurai_onnx.compiler.random_checkpoint --model tiny --out "$CKPT"
@@ -49,38 +54,63 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"
 mark() {  # how long each step took, for planning the next run: OUT/timeline.txt
   echo "[${SECONDS}s] $*" | tee -a "$OUT/timeline.txt"
 }
-compile() {  # compile TARGET (a name or a file) into $WORK/tiny-NAME
+compile() {  # compile TARGET (a name or a file) into $WORK/tiny-NAME (kept if it is already there)
+  if [ -f "$WORK/tiny-$2/bundle.yaml" ]; then return 0; fi
   samurai-compile tiny --target "$1" --checkpoint "$CKPT" --out "$WORK/tiny-$2" \
-    >"$WORK/compile-$2.log" 2>&1 || { cat "$WORK/compile-$2.log"; exit 1; }
+    >"$WORK/compile-$2.log" 2>&1 || { echo "compile $2 failed:"; tail -n 20 "$WORK/compile-$2.log"; return 1; }
   mark "compiled $2"
 }
-mark "start: TARGETS=$TARGETS STEPS=$STEPS VARIANTS=$VARIANTS FRAMES=$FRAMES REPEATS=$REPEATS"
-for target in $TARGETS; do
-  compile "$target" "$target"
-  compare=()
+left() {  # seconds left before DEADLINE (seconds since the start; 0: no deadline)
+  if [ "$DEADLINE" -eq 0 ]; then echo 100000; else echo $((DEADLINE - SECONDS)); fi
+}
+step() {  # step NAME COMMAND...: runs COMMAND within what is left of DEADLINE; a late step is skipped
+  local name=$1; shift
+  local budget; budget=$(left)
+  if [ "$budget" -lt 30 ]; then mark "skipped $name (${budget}s left before DEADLINE)"; return 0; fi
+  timeout --signal=INT --kill-after=10 "$budget" "$@" || echo "$name failed or ran out of time (rc $?)"
+  mark "$name"
+}
+variants_of() {  # the variants of TARGET in VARIANTS, one per line
+  local target=$1 variant
   for variant in $VARIANTS; do
-    [[ " $STEPS " == *" bench "* ]] || break
     if [[ "$variant" == *:* ]]; then
       [[ "${variant%%:*}" == "$target" ]] || continue
       variant=${variant#*:}
     fi
-    python3 scripts/target_variant.py "$target" "$variant" "$WORK/targets/$target-$variant.yaml" >/dev/null
-    compile "$WORK/targets/$target-$variant.yaml" "$target-$variant"
-    compare+=(--compare "$WORK/tiny-$target-$variant")
+    echo "$variant"
   done
+}
+mark "start: TARGETS=$TARGETS STEPS=$STEPS VARIANTS=$VARIANTS FRAMES=$FRAMES REPEATS=$REPEATS DEADLINE=$DEADLINE"
+# Every bundle first, at the same time (compiling is CPU work, one process per bundle): the GPU steps
+# after it then run one at a time, so their timings do not share the GPU.
+pids=()
+for target in $TARGETS; do
+  compile "$target" "$target" & pids+=($!)
   if [[ " $STEPS " == *" bench "* ]]; then
-    samurai-bench "$WORK/tiny-$target" ${compare[@]+"${compare[@]}"} --device "$DEVICE" --checkpoint "$CKPT" \
-      --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
-      --batch-sizes 1,4 --repeats "$REPEATS" \
-      --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md" ||
-      echo "samurai-bench failed for $target (see above)"
-    mark "bench $target"
+    for variant in $(variants_of "$target"); do
+      python3 scripts/target_variant.py "$target" "$variant" "$WORK/targets/$target-$variant.yaml" >/dev/null
+      compile "$WORK/targets/$target-$variant.yaml" "$target-$variant" & pids+=($!)
+    done
   fi
-  if [[ " $STEPS " == *" diagnose "* ]]; then
-    python3 scripts/gpu_diagnose.py "$WORK/tiny-$target" --out "$OUT/diag-$target" \
-      --device "$DEVICE" --repeats "$REPEATS" --frames 10 --checkpoint "$CKPT" ||
-      echo "gpu_diagnose.py failed for $target (see above)"
-    mark "diagnose $target"
-  fi
+done
+for pid in "${pids[@]}"; do wait "$pid" || true; done
+# The benchmarks of every target first, then the diagnoses: under a DEADLINE the figures come first.
+for target in $TARGETS; do
+  [ -f "$WORK/tiny-$target/bundle.yaml" ] || { echo "no $target bundle: skipping it"; continue; }
+  [[ " $STEPS " == *" bench "* ]] || continue
+  compare=()
+  for variant in $(variants_of "$target"); do
+    if [ -f "$WORK/tiny-$target-$variant/bundle.yaml" ]; then compare+=(--compare "$WORK/tiny-$target-$variant"); fi
+  done
+  step "bench $target" samurai-bench "$WORK/tiny-$target" ${compare[@]+"${compare[@]}"} --device "$DEVICE" \
+    --checkpoint "$CKPT" --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
+    --batch-sizes 1,4 --repeats "$REPEATS" \
+    --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"
+done
+for target in $TARGETS; do
+  [ -f "$WORK/tiny-$target/bundle.yaml" ] || continue
+  [[ " $STEPS " == *" diagnose "* ]] || continue
+  step "diagnose $target" python3 scripts/gpu_diagnose.py "$WORK/tiny-$target" --out "$OUT/diag-$target" \
+    --device "$DEVICE" --repeats "$REPEATS" --frames 10 --checkpoint "$CKPT"
 done
 echo "results in $OUT: bench-TARGET.md (+ .json), diag-TARGET/diagnose.md (+ .json), gpu.txt, timeline.txt"
