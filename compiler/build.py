@@ -37,6 +37,7 @@ from samurai_onnx.compiler.manifest import (
 )
 from samurai_onnx.compiler.modeling.common import set_attention_lowering
 from samurai_onnx.compiler.modeling.sam2 import SAM2Model, load_sam2
+from samurai_onnx.compiler.passes.conv_gemm import count_gemm_convs, gemm_file
 from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
 from samurai_onnx.compiler.passes.export import export_graph
 from samurai_onnx.compiler.passes.fp16 import convert_fp16
@@ -193,8 +194,9 @@ def _build_model_graph(
 
     ``form`` builds one of the target's alternatives instead of the main form, given the main
     form's build ``main``; None when it does not apply to this graph (``dense`` without
-    depthwise convolutions, ``unfused`` where the main form has no fused attention). ``dense``
-    starts from the main form's exported (and simplified) graph instead of exporting again."""
+    depthwise convolutions, ``unfused`` where the main form has no fused attention, ``gemm``
+    without convolutions its pass rewrites). ``dense`` and ``gemm`` start from the main form's
+    exported (and simplified) graph instead of exporting again."""
     spec = manifest.components[name]
     lowering = attention_lowering(spec, target)
     if form == "unfused":
@@ -202,9 +204,13 @@ def _build_model_graph(
             return None
         lowering = spec.attention
     dense_from: Path | None = None
-    if form == "dense":
+    if form in ("dense", "gemm"):
         assert main is not None and main.plain is not None, "made from the main form's graph"
-        if not count_depthwise(onnx.load(str(main.plain), load_external_data=False)):
+        if form == "dense" and not count_depthwise(
+            onnx.load(str(main.plain), load_external_data=False)
+        ):
+            return None
+        if form == "gemm" and not count_gemm_convs(onnx.load(str(main.plain))):
             return None
         dense_from = main.plain
     label = f"{name}/{form}" if form else name  # in pass reports and file names
@@ -275,6 +281,9 @@ def _build_model_graph(
         path = step(
             "dense-depthwise", "fp32", lambda: densify_file(src, work / f"{stem}.dw.onnx")
         )
+    if form == "gemm":  # checked for convolutions to rewrite above
+        src = path
+        path = step("gemm-convs", "fp32", lambda: gemm_file(src, work / f"{stem}.mm.onnx"))
     precision = "fp32"
     if target.precision == "fp16":
         src = path

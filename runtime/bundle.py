@@ -54,10 +54,11 @@ DEPTHWISE = ("grouped", "dense")
 # Other forms of a graph a target may have the compiler add next to the main one (its
 # ``alternatives``): the same computation written for other kernels (``dense``: depthwise
 # convolutions as above; ``unfused``: attention as MatMul/Softmax/MatMul instead of a fused
-# kernel), each checked against PyTorch like the main form. Which kernels are fastest depends on
+# kernel; ``gemm``: the convolutions cuDNN serves worst as matrix products,
+# compiler/passes/conv_gemm.py), each checked against PyTorch like the main form. Which kernels are fastest depends on
 # the device, so the runtime times the forms where it runs and keeps the fastest
 # (runtime/engine/forms.py).
-FORMS = ("dense", "unfused")
+FORMS = ("dense", "unfused", "gemm")
 DIGEST_NAME = "bundle.yaml.sha256"  # sha256sum format: "<hex>  bundle.yaml"
 COMPONENTS = GRAPHS
 

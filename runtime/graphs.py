@@ -94,7 +94,10 @@ class MemoryPools:
             mem[: self.blocks * self.memory_slots] = self.engine.download(self.memory)
             ptr[: self.blocks * self.ptr_slots] = self.engine.download(self.ptr)
         self.memory, self.ptr = self.engine.upload(mem), self.engine.upload(ptr)
-        self._spare = (self.engine.upload(mem), self.engine.upload(ptr))
+        # copies: on the CPU an uploaded value wraps the array's memory, and the two buffers
+        # must not alias (a run would read and write one buffer, and run signatures, which
+        # name buffers by address, could not tell the two apart)
+        self._spare = (self.engine.upload(mem.copy()), self.engine.upload(ptr.copy()))
         self.blocks = grow
 
     def adopt(self, finished: MemoryPools) -> None:

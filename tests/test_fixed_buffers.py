@@ -110,13 +110,18 @@ def test_signatures_buffers_and_bounds(tmp_path: Path) -> None:
     session = engine.load(path, contract)
     runs = session.captured  # type: ignore[attr-defined]
     x = np.ones((2, 3), np.float32)
-    first = engine.download(session.run({"x": x, "y": x})["s"])
-    assert not runs.captures and len(runs.seen) == 1
+    out1 = session.run({"x": x, "y": x})["s"]
+    first = engine.download(out1)
+    assert not runs.captures and len(runs.seen) == 1 and len(runs.pending) == 1
     second = engine.download(session.run({"x": x, "y": 2 * x})["s"])
-    assert len(runs.captures) == 1
+    assert len(runs.captures) == 1 and not runs.pending
     out3 = session.run({"x": x, "y": 3 * x})["s"]
     out4 = session.run({"x": 2 * x, "y": 3 * x})["s"]
-    assert out3 is out4  # the signature's output buffer, rewritten
+    # the signature's output buffer, rewritten: the one its first run wrote, so that what reads
+    # it sees the same buffer from the first run on (and its own signature repeats)
+    assert out1 is out3 is out4
+    assert session.replay_counts() is None  # CUDA graphs off: nothing is replayed
+    assert (runs.replays, runs.runs) == (2, 4)
     np.testing.assert_array_equal(first, 2 * x)
     np.testing.assert_array_equal(second, 3 * x)
     np.testing.assert_array_equal(engine.download(out4), 5 * x)
@@ -160,7 +165,10 @@ def test_cuda_graph_sessions_carry_graph_ids_and_fall_back(
     for k in range(3):
         got = engine.download(session.run({"x": x, "y": k * x})["s"])
         np.testing.assert_array_equal(got, (k + 1) * x)
-    assert ids == ["-1", "-1", "1"]  # seen, prepared (run as before), then its graph
+    # seen (run as before, its outputs kept as the signature's buffers), then its graph
+    assert ids == ["-1", "1", "1"]
+    assert (session.captured.replays, session.captured.runs) == (1, 3)  # type: ignore[attr-defined]
+    assert session.replay_counts() == (1, 3, 1)
 
     calls: list[Any] = []
 
@@ -180,3 +188,31 @@ def test_cuda_graph_sessions_carry_graph_ids_and_fall_back(
     assert "CUDA graphs except add" in engine.describe()
     assert fallback.captured is None and not fallback.graph_ids  # type: ignore[attr-defined]
     np.testing.assert_array_equal(engine.download(fallback.run({"x": x, "y": x})["s"]), 2 * x)
+
+
+def test_every_graph_replays_in_the_steady_state(
+    tiny256_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the memory bank is full, every graph of a frame runs a captured signature (on a
+    GPU: one CUDA graph launch each). A graph's signature names the buffers it reads, so this
+    holds only if each graph's outputs stay in the same buffers from its first run on: with
+    fresh buffers at first runs the decoder and the memory encoder never settled (a 1024-pixel
+    video, 34 frames)."""
+    from samurai_onnx.compiler.evaluate.bench import FULL_BANK
+
+    frames = synthetic_frames(24)
+    fixed = _fixed_tracker(tiny256_bundle, monkeypatch, num_frames=24, overrides=FULL_BANK)
+    sessions = fixed.graphs.sessions
+    fixed.start(frames[0], [list(SYNTHETIC_BOX)])
+    for frame in frames[1:21]:
+        fixed.step(frame)
+    before = {n: (s.captured.replays, s.captured.runs) for n, s in sessions.items()}  # type: ignore[attr-defined]
+    for frame in frames[21:]:
+        fixed.step(frame)
+    for name, s in sessions.items():
+        replays = s.captured.replays - before[name][0]  # type: ignore[attr-defined]
+        runs = s.captured.runs - before[name][1]  # type: ignore[attr-defined]
+        assert replays == runs, f"{name}: {replays} of {runs} runs replayed"
+    assert {n for n, (_, r) in before.items() if r} >= {
+        "preprocess", "image_encoder", "memory_attention", "mask_decoder", "memory_encoder"
+    }

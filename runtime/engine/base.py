@@ -86,6 +86,11 @@ class GraphSession(ABC):
     def _run(self, feeds: Mapping[str, Any], into: Mapping[str, Any]) -> dict[str, Any]:
         """Engine-specific run; errors must be raised as ``EngineError``."""
 
+    def replay_counts(self) -> tuple[int, int, int] | None:
+        """(runs replayed as CUDA graphs, runs, signatures captured) so far, where the session
+        captures CUDA graphs; None elsewhere."""
+        return None
+
 
 class Engine(ABC):
     """Loads graphs and moves values between the host and the engine's device."""

@@ -202,10 +202,15 @@ class OrtGraphSession(GraphSession):
         self.engine = engine
         self.graph_ids = graph_ids
         self.captured = (
-            CapturedRuns(session, contract, engine.upload, engine.zeros, self._run_options)
+            CapturedRuns(session, contract, engine.upload, self._run_options)
             if fixed
             else None
         )
+
+    def replay_counts(self) -> tuple[int, int, int] | None:
+        if self.captured is None or not self.graph_ids:
+            return None
+        return self.captured.replays, self.captured.runs, len(self.captured.captures)
 
     def _run_options(self, graph_id: int) -> Any:
         if not self.graph_ids:
