@@ -11,7 +11,9 @@
 #   DEVICE=cpu runs the same steps on the CPU (a dry run of the script; slow).
 #   WORK (default OUT_DIR/work) holds the checkpoint, clip and bundles; REPEATS (default 10) timed
 #   runs per graph; TARGETS (default "cuda-fp16 cuda") the bundles, in that order; STEPS
-#   (default "bench diagnose") what runs per bundle: samurai-bench, and scripts/gpu_diagnose.py
+#   (default "bench nodes diagnose") what runs per bundle: samurai-bench, the GPU time of every
+#   node of every graph and form (gpu_diagnose.py --node-times: blocking CUDA launches) into
+#   OUT/nodes-TARGET/nodes.md, and scripts/gpu_diagnose.py
 #   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
 #   depthwise convolutions, profiler top nodes, the reference's kernels for the memory encoder
 #   and decoder, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
@@ -38,7 +40,7 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-$OUT/work}
 REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
-STEPS=${STEPS:-bench diagnose}
+STEPS=${STEPS:-bench nodes diagnose}
 VARIANTS=${VARIANTS-graph}
 DEADLINE=${DEADLINE:-0}
 mkdir -p "$OUT" "$WORK"
@@ -109,8 +111,14 @@ for target in $TARGETS; do
 done
 for target in $TARGETS; do
   [ -f "$WORK/tiny-$target/bundle.yaml" ] || continue
+  [[ " $STEPS " == *" nodes "* ]] || continue
+  step "nodes $target" python3 scripts/gpu_diagnose.py "$WORK/tiny-$target" --out "$OUT/nodes-$target" \
+    --device "$DEVICE" --node-times
+done
+for target in $TARGETS; do
+  [ -f "$WORK/tiny-$target/bundle.yaml" ] || continue
   [[ " $STEPS " == *" diagnose "* ]] || continue
   step "diagnose $target" python3 scripts/gpu_diagnose.py "$WORK/tiny-$target" --out "$OUT/diag-$target" \
     --device "$DEVICE" --repeats "$REPEATS" --frames 10 --checkpoint "$CKPT"
 done
-echo "results in $OUT: bench-TARGET.md (+ .json), diag-TARGET/diagnose.md (+ .json), gpu.txt, timeline.txt"
+echo "results in $OUT: bench-TARGET.md (+ .json), nodes-TARGET/nodes.md, diag-TARGET/diagnose.md (+ .json), gpu.txt, timeline.txt"

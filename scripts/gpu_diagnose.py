@@ -15,11 +15,15 @@ one run, so that one lent GPU session is enough:
    graphs (``enable_cuda_graph``: fixed addresses), also on the graph specialised to its input
    shapes (onnxsim), and for the memory encoder with its depthwise convolutions made dense
    (``compiler/passes/depthwise.py``); each of the bundle's other forms (``alternatives``:
-   dense, unfused) timed the same way, with its own device-vs-CPU parity (would the runtime's
+   dense, unfused, gemm) timed the same way, with its own device-vs-CPU parity (would the runtime's
    fastest form also be the closer one?); the profiler's top nodes and op types per graph; with
    ``--checkpoint``, the reference's top operators for the memory encoder and decoder.
 
     python scripts/gpu_diagnose.py /tmp/gw/tiny-cuda --out out/diag [--device cuda]
+
+``--node-times`` runs only the profiles, of every graph and form, with blocking CUDA launches
+so that each node's time includes its GPU time (``nodes.md``): the plain profile times launches
+only, which told nothing about where the memory encoder's 9-12 ms go on an H200.
 
 Writes ``diagnose.json`` and ``diagnose.md`` under ``--out``. ``--device cpu`` runs every step on
 the CPU (a dry run: the parity is then trivially exact and CUDA graphs are skipped).
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -161,22 +166,50 @@ def timing(
 
 
 def profile(
-    path: Path, feeds: dict[str, np.ndarray], providers: list[Any], out: Path
+    path: Path | bytes, feeds: dict[str, np.ndarray], providers: list[Any], out: Path, stem: str
 ) -> dict[str, Any]:
-    sess = create_session(path, providers, profile_prefix=str(out / f"profile-{path.stem}"))
+    """ONNX Runtime's profile: ms per run by op type and by node, over the runs after the first
+    (which carries cuDNN's exhaustive algorithm search: 668 of 746 ms on an H200). Node times
+    are host times (a CUDA kernel is only launched) unless CUDA launches block (``--node-times``)."""
+    sess = create_session(path, providers, profile_prefix=str(out / f"profile-{stem}"))
     for _ in range(PROFILE_RUNS):
         sess.run(None, feeds)
     events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    kept = runs[1:] or runs
     by_op: dict[str, float] = defaultdict(float)
     by_node: dict[str, float] = defaultdict(float)
     for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            op = e.get("args", {}).get("op_name", "?")
-            ms = e["dur"] / 1e3 / PROFILE_RUNS
-            by_op[op] += ms
-            by_node[f"{e['name'][: -len('_kernel_time')]} ({op})"] += ms
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if not any(start <= e["ts"] <= end for start, end in kept):
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        ms = e["dur"] / 1e3 / len(kept)
+        by_op[op] += ms
+        by_node[f"{e['name'][: -len('_kernel_time')]} ({op})"] += ms
     top = lambda d: sorted(([k, round(v, 4)] for k, v in d.items()), key=lambda kv: -kv[1])[:12]  # noqa: E731
-    return {"ms_per_run_by_op": top(by_op), "ms_per_run_by_node": top(by_node)}
+    run_ms = [(end - start) / 1e3 for start, end in kept]
+    return {
+        "ms_per_run_by_op": top(by_op),
+        "ms_per_run_by_node": top(by_node),
+        "ms_per_run": round(float(np.median(run_ms)), 3) if run_ms else None,
+        "ms_in_nodes": round(sum(by_node.values()), 3),
+    }
+
+
+def node_times(args: argparse.Namespace, bundle: Any, dev: list[Any]) -> dict[str, Any]:
+    """``--node-times``: each graph and each of its forms profiled with blocking CUDA launches,
+    so a node's time includes its kernels' GPU time (the plain profile shows only launch times:
+    the H200's memory encoder spent 4.3 of 15.7 profiled ms in nodes, the rest waiting)."""
+    graphs: dict[str, Any] = {}
+    for name in [g for g in args.graphs.split(",") if g in bundle.components]:
+        feeds = steady_state_feeds(name, 1, bundle.tracker.geometry, bundle.static_memory)
+        for form in ("", *bundle.components[name].alternatives):
+            key = f"{name}/{form}" if form else name
+            graphs[key] = profile(bundle.file(name, form or None), feeds, dev, args.out, key.replace("/", "."))
+            log.info("%s: %s", key, json.dumps(graphs[key])[:600])
+    return graphs
 
 
 def torch_profile(bundle: Any, checkpoint: Path, device: str, graphs: list[str]) -> dict[str, Any]:
@@ -267,11 +300,27 @@ def main() -> None:
         type=float,
         help="relative error that counts (default 1e-3 for fp32 bundles, 2e-2 for fp16 ones)",
     )
+    parser.add_argument(
+        "--node-times",
+        action="store_true",
+        help="only the profile of each graph and form, with blocking CUDA launches "
+        "(CUDA_LAUNCH_BLOCKING=1), so node times include GPU time; writes nodes.md",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(args.bundle)
     dev = _providers(bundle, args.device)
+    if args.node_times:
+        # read when the CUDA context is made, which no session has done yet in this process
+        os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
+        report = {"machine": machine(), "onnxruntime": ort.__version__, "bundle": str(args.bundle),
+                  "providers": dev, "launch_blocking": True,
+                  "graphs": node_times(args, bundle, dev)}  # fmt: skip
+        (args.out / "nodes.json").write_text(json.dumps(report, indent=1))
+        (args.out / "nodes.md").write_text(nodes_markdown(report))
+        log.info("wrote %s", args.out / "nodes.md")
+        return
     if args.tolerance is None:
         args.tolerance = 1e-3 if bundle.target.get("precision", "fp32") == "fp32" else 2e-2
     report: dict[str, Any] = {"machine": machine(), "onnxruntime": ort.__version__,
@@ -332,7 +381,7 @@ def main() -> None:
                 )
             except Exception as exc:  # a variant the provider refuses is a result too
                 entry["ms"][key] = f"failed: {str(exc).strip().splitlines()[0][:200]}"
-        entry["profile"] = profile(path, feeds, dev, args.out)
+        entry["profile"] = profile(path, feeds, dev, args.out, name)
         report["graphs"][name] = entry
         log.info(
             "%s: %s", name, json.dumps({"ms": entry["ms"], "parity": entry["parity"]["optimized"]})
@@ -347,6 +396,25 @@ def main() -> None:
     (args.out / "diagnose.json").write_text(json.dumps(report, indent=1))
     (args.out / "diagnose.md").write_text(to_markdown(report))
     log.info("wrote %s", args.out / "diagnose.md")
+
+
+def nodes_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {report['machine']}; onnxruntime {report['onnxruntime']}",
+        f"Bundle `{report['bundle']}`, providers {report['providers']}; CUDA launches "
+        "blocking: a node's time includes its kernels' GPU time (plus a synchronisation, "
+        "~10-20 us, per node)",
+        "",
+        "| graph | ms per run | ms in nodes | top nodes (ms per run) |",
+        "|---|---|---|---|",
+    ]
+    for key, p in report["graphs"].items():
+        top = "; ".join(f"{n} {ms}" for n, ms in p["ms_per_run_by_node"][:8])
+        lines.append(f"| {key} | {p['ms_per_run']} | {p['ms_in_nodes']} | {top} |")
+    lines += ["", "By op type (ms per run):", ""]
+    for key, p in report["graphs"].items():
+        lines.append(f"- {key}: {p['ms_per_run_by_op'][:8]}")
+    return "\n".join(lines) + "\n"
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from samurai_onnx.compiler.passes.conv_gemm import (
+    MAX_CONCAT_INPUTS,
     MAX_IM2COL_CHANNELS,
     count_gemm_convs,
     gemm_convs,
@@ -78,6 +79,11 @@ CASES = {
         "Conv", (4, 1, 2, 2), [2, 1, 16, 16], dict(kernel_shape=[2, 2], strides=[2, 2])
     ),
     "im2col 1x1": ("Conv", (32, 16, 1, 1), [2, 16, 8, 8], dict(kernel_shape=[1, 1])),
+    # the image encoder's patch embedding: 49 taps, concatenated in groups of at most 32
+    "im2col 7x7 stride 4": (
+        "Conv", (8, 3, 7, 7), [1, 3, 32, 32],
+        dict(kernel_shape=[7, 7], strides=[4, 4], pads=[3] * 4),
+    ),
     # the decoder's output upscaling: 2x2 stride 2 transposed convolutions
     "shuffle 2x2 stride 2": (
         "ConvTranspose", (32, 8, 2, 2), ["n", 32, "h", "w"],
@@ -98,6 +104,8 @@ def test_each_rewrite_gives_the_convolution_s_numbers(case: str, bias: bool) -> 
     assert gemm_convs(model) == 1
     onnx.checker.check_model(model, full_check=True)
     assert not [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    concats = [n for n in model.graph.node if n.op_type == "Concat"]
+    assert all(len(n.input) <= MAX_CONCAT_INPUTS for n in concats)  # CUDA-graph capturable
     # the replaced filter is gone (an initializer or a Constant node nothing reads)
     assert "w" not in {t.name for t in model.graph.initializer}
     assert not [n for n in model.graph.node if n.op_type == "Constant"]

@@ -169,7 +169,7 @@ def _break_dense(case: str, entry: dict[str, Any], root: Path) -> None:
         ("tampered", "components.memory_encoder.alternatives.dense: memory_encoder.dense.onnx does not match its sha256"),
         ("outside", "points outside the bundle directory"),
         ("missing", "is missing; rebuild or re-copy the bundle"),
-        ("unknown", "unknown key(s) sparse; allowed: dense, unfused, gemm"),
+        ("unknown", "unknown key(s) sparse; allowed: dense, gemm, unfused"),
         ("no_file", "alternatives.dense.file: missing (required)"),
     ],
 )

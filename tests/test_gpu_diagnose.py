@@ -49,3 +49,29 @@ def test_dry_run_reports_parity_timing_profile_and_tracking(
     if oracle_available():
         ops = [name for name, ms in report["torch_profile"]["memory_encoder"]]
         assert any("conv" in name for name in ops), ops
+
+
+def test_node_times_profile_every_graph_and_form_after_the_first_run(
+    tiny256_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--node-times``: only the profiles, each over the runs after the first (which carries
+    cuDNN's algorithm search on a GPU), with CUDA launches blocking (set before any session)."""
+    import os
+
+    from scripts import gpu_diagnose
+
+    out = tmp_path / "nodes"
+    argv = ["gpu_diagnose.py", str(tiny256_bundle), "--out", str(out), "--device", "cpu",
+            "--graphs", "memory_encoder,mask_decoder", "--node-times"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("CUDA_LAUNCH_BLOCKING", raising=False)
+    gpu_diagnose.main()
+    assert os.environ.pop("CUDA_LAUNCH_BLOCKING") == "1"
+    report = json.loads((out / "nodes.json").read_text())
+    assert report["launch_blocking"] and set(report["graphs"]) == {"memory_encoder", "mask_decoder"}
+    for p in report["graphs"].values():
+        # the nodes' times are those of the kept runs only: never more than the runs took
+        assert 0 < p["ms_in_nodes"] <= p["ms_per_run"] * 1.05
+        assert dict(p["ms_per_run_by_op"])
+    assert not (out / "diagnose.json").exists()  # nothing else ran
+    assert "| memory_encoder |" in (out / "nodes.md").read_text()

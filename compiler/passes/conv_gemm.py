@@ -40,6 +40,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 MAX_IM2COL_CHANNELS = 16  # im2col for convolutions over this many input channels or fewer
+MAX_CONCAT_INPUTS = 32  # ONNX Runtime's CUDA Concat during CUDA-graph capture
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -225,7 +226,7 @@ def _im2col(b: _Builder, conv: _Conv, out: str) -> None:
                     ],
                 )
             )
-    cols = taps[0] if len(taps) == 1 else b.op("Concat", taps, axis=1)  # [B, kh*kw*C_in, Ho, Wo]
+    cols = _concat(b, taps)  # [B, kh*kw*C_in, Ho, Wo]
     flat = b.op("Reshape", [cols, b.const("shape", _i64(0, kh * kw * c_in, -1))])
     # column (i*kw + j)*C_in + c of the filter matrix is tap (i, j) of input channel c
     matrix = conv.weight.transpose(0, 2, 3, 1).reshape(c_out, kh * kw * c_in)
@@ -233,6 +234,18 @@ def _im2col(b: _Builder, conv: _Conv, out: str) -> None:
     hw = b.op("Shape", [taps[0]], start=2)
     shape = b.op("Concat", [b.const("shape", _i64(0, c_out)), hw], axis=0)
     _add_bias(b, b.op("Reshape", [y, shape]), conv, out)
+
+
+def _concat(b: _Builder, parts: list[str]) -> str:
+    """Concat along channels in groups of at most ``MAX_CONCAT_INPUTS`` (ONNX Runtime's CUDA
+    Concat refuses more inputs while capturing a CUDA graph: a 7x7 patch embedding has 49)."""
+    while len(parts) > 1:
+        parts = [
+            parts[i] if len(parts[i : i + MAX_CONCAT_INPUTS]) == 1
+            else b.op("Concat", parts[i : i + MAX_CONCAT_INPUTS], axis=1)
+            for i in range(0, len(parts), MAX_CONCAT_INPUTS)
+        ]  # fmt: skip
+    return parts[0]
 
 
 def _shuffle(b: _Builder, conv: _Conv, out: str) -> None:
