@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from samurai_onnx.compiler.evaluate.synthetic import BASE_BOX, synthetic_frames
@@ -215,3 +216,14 @@ def write_frames(frames: list[np.ndarray], folder: Path) -> Path:
 
 
 SYNTHETIC_BOX = BASE_BOX
+
+
+def run_unoptimized(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """A one-input ONNX model (``x``) on the CPU provider with graph optimizations off: the
+    graph as a pass wrote it, not as ONNX Runtime would fuse it."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, ["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"x": x})[0])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from conftest import run_unoptimized
 from onnx import TensorProto, helper, numpy_helper
 
 from samurai_onnx.compiler.passes.conv_gemm import (
@@ -47,13 +47,6 @@ def _model(
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, ["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {"x": x})[0])
 
 
 CASES = {
@@ -99,7 +92,7 @@ def test_each_rewrite_gives_the_convolution_s_numbers(case: str, bias: bool) -> 
     model = _model(op, weight_shape, in_shape=in_shape, bias=bias, constant_weight=not bias, **attrs)
     concrete = [d if isinstance(d, int) else {"n": 2, "h": 17, "w": 10}[d] for d in in_shape]
     x = np.random.default_rng(1).standard_normal(concrete).astype(np.float32)
-    want = _run(model, x)
+    want = run_unoptimized(model, x)
     assert count_gemm_convs(model) == 1
     assert gemm_convs(model) == 1
     onnx.checker.check_model(model, full_check=True)
@@ -109,13 +102,13 @@ def test_each_rewrite_gives_the_convolution_s_numbers(case: str, bias: bool) -> 
     # the replaced filter is gone (an initializer or a Constant node nothing reads)
     assert "w" not in {t.name for t in model.graph.initializer}
     assert not [n for n in model.graph.node if n.op_type == "Constant"]
-    got = _run(model, x)
+    got = run_unoptimized(model, x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     if "dynamic" in case or op == "ConvTranspose":  # the same graph at another size
         x2 = np.random.default_rng(2).standard_normal([1, concrete[1], 11, 6]).astype(np.float32)
         original = _model(op, weight_shape, in_shape=in_shape, bias=bias, **attrs)
-        np.testing.assert_allclose(_run(model, x2), _run(original, x2), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(run_unoptimized(model, x2), run_unoptimized(original, x2), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from conftest import run_unoptimized
 from onnx import TensorProto, helper, numpy_helper
 
 from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_depthwise
@@ -30,17 +30,10 @@ def _model(channels: int, groups: int, kernel: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, ["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {"x": x})[0])
-
-
 def test_depthwise_becomes_dense_with_the_same_numbers() -> None:
     model = _model(16, 16, 7)
     x = np.random.default_rng(1).standard_normal((2, 16, 20, 20)).astype(np.float32)
-    want = _run(model, x)
+    want = run_unoptimized(model, x)
     assert densify_depthwise(model) == 1
     onnx.checker.check_model(model, full_check=True)
     (w,) = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "w"]
@@ -49,7 +42,7 @@ def test_depthwise_becomes_dense_with_the_same_numbers() -> None:
     assert not w[off].any()  # off-diagonal weights are exact zeros
     (conv,) = [n for n in model.graph.node if n.op_type == "Conv"]
     assert helper.get_attribute_value(next(a for a in conv.attribute if a.name == "group")) == 1
-    np.testing.assert_allclose(_run(model, x), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_unoptimized(model, x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_grouped_but_not_depthwise_and_dense_convs_are_left_alone() -> None:

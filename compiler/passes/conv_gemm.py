@@ -39,6 +39,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from samurai_onnx.compiler.passes.depthwise import rewrite_file
+
 MAX_IM2COL_CHANNELS = 16  # im2col for convolutions over this many input channels or fewer
 MAX_CONCAT_INPUTS = 32  # ONNX Runtime's CUDA Concat during CUDA-graph capture
 _INT64_MAX = np.iinfo(np.int64).max
@@ -307,12 +309,7 @@ def _drop_unused(model: onnx.ModelProto) -> None:
 
 def gemm_file(src: Path, out: Path) -> Path:
     """The compiler pass: ``src`` with its slow-on-cuDNN convolutions as products, into ``out``."""
-    model = onnx.load(str(src))
-    if not gemm_convs(model):
-        raise ValueError(f"{src.name} has no convolution for the gemm form to rewrite")
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(out))
-    return out
+    return rewrite_file(src, out, gemm_convs, "convolution for the gemm form")
 
 
 __all__ = ["MAX_IM2COL_CHANNELS", "count_gemm_convs", "gemm_convs", "gemm_file"]

@@ -18,6 +18,7 @@ measured, and it would cost a CPU 256x the work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +67,23 @@ def count_depthwise(model: onnx.ModelProto, *, max_channels: int = 1024) -> int:
     )
 
 
-def densify_file(src: Path, out: Path) -> Path:
-    """The compiler pass: ``src`` with its depthwise convolutions made dense, into ``out``."""
+def rewrite_file(
+    src: Path, out: Path, rewrite: Callable[[onnx.ModelProto], int], what: str
+) -> Path:
+    """A compiler pass made of an in-place ``rewrite`` (returning how many nodes it changed):
+    ``src`` rewritten and checked into ``out``; a graph with nothing to rewrite is an error (the
+    compiler only asks for graphs that have ``what``)."""
     model = onnx.load(str(src))
-    if not densify_depthwise(model):
-        raise ValueError(f"{src.name} has no depthwise convolution to rewrite")
+    if not rewrite(model):
+        raise ValueError(f"{src.name} has no {what} to rewrite")
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(out))
     return out
+
+
+def densify_file(src: Path, out: Path) -> Path:
+    """The compiler pass: ``src`` with its depthwise convolutions made dense, into ``out``."""
+    return rewrite_file(src, out, densify_depthwise, "depthwise convolution")
 
 
 def densify_depthwise(model: onnx.ModelProto, *, max_channels: int = 1024) -> int:
