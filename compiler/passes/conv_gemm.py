@@ -1,12 +1,11 @@
-"""Convolutions that cuDNN runs slowly, rewritten as matrix products (the ``gemm`` graph form).
+"""Convolutions that cuDNN may run slowly, rewritten as matrix products (the ``gemm`` graph form).
 
 Why: on an NVIDIA H200 (onnxruntime-gpu 1.31.1, fp16 bundle) the memory encoder took 9.7 ms
-per frame against PyTorch's 2 ms, and the decoder 4.2 ms against 5 ms for a graph with half the
-arithmetic: ONNX Runtime hands every ``Conv`` to cuDNN, and the convolutions of SAM 2.1 outside
-the image encoder are the shapes cuDNN serves worst — 7x7 depthwise filters over 256 channels
-(PyTorch runs its own depthwise kernel), strided filters over 1-16 input channels (no
-tensor-core layout fits them), and 2x2 stride-2 transposed convolutions. Each becomes a few
-large, regular matrix products that cuBLAS runs at full speed in any precision:
+per frame against PyTorch's 2 ms. ONNX Runtime hands every ``Conv`` to cuDNN, and the
+convolutions of SAM 2.1 outside the image encoder are shapes cuDNN may serve badly — 7x7
+depthwise filters over 256 channels (PyTorch runs its own depthwise kernel), strided filters over
+1-16 input channels (no tensor-core layout fits them), 2x2 stride-2 transposed convolutions.
+This form makes each a few large, regular matrix products that cuBLAS runs in any precision:
 
 - **depthwise k x k, stride 1** (the fuser's ``dwconv``): a horizontal pass as one batched
   product with banded (Toeplitz) matrices gathered from the filter at run time
@@ -23,9 +22,13 @@ large, regular matrix products that cuBLAS runs at full speed in any precision:
 Numbers: every output is the same sum of the same products (zeros from the band and shift
 matrices add exact zeros); only the summation order differs, as between two cuDNN algorithms.
 On the CPU the fp32 form matches the main form to ~1e-6 (tests/test_conv_gemm.py); the
-compiler checks it against PyTorch like every pass. On a CPU these products cost more than
-ONNX Runtime's direct convolutions, so the form is an alternative the runtime times on the
-device and keeps only where it is faster (README "NVIDIA GPUs").
+compiler checks it against PyTorch like every pass.
+
+Measured on that H200: slower than the main form in every graph it applies to (memory encoder
+10.5 vs 9.7 ms, image encoder 6.0 vs 5.5, mask decoder 3.3 vs 2.8), so cuDNN's convolutions
+are not where the memory encoder's time goes, and no packaged target carries the form. It
+stays a target option (``alternatives: [gemm]``; the runtime times it on the device and keeps
+it only where it is faster) for GPUs and runtimes whose convolution kernels differ.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ The fixed outputs are the very values the signature's first run wrote (kept for 
 ``MAX_PENDING`` signatures seen once): a graph's output buffers then do not change between its
 first and later runs, so the signatures of the graphs that read them repeat from the next frame
 on. With fresh buffers at the first run, each graph could only settle once every graph upstream
-had been captured, and on an H200 the decoder and the memory encoder were still uncaptured 28
-frames into a video.
+had been captured: on an H200 CUDA graphs then gained nothing end to end, and this path on the
+CPU showed the decoder and the memory encoder still uncaptured 34 frames into a video.
 
 What callers must respect: an output not written into a given value is valid until the same
 graph runs again with the same signature (the tracker consumes every output within its frame).
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_GRAPHS = 8  # captured signatures per session (each holds its outputs and the graph's memory)
 MAX_SEEN = 256  # signatures remembered before a second sighting
 MAX_PENDING = 4  # signatures seen once whose first outputs are kept as their fixed buffers
+
 
 def ort_value(value: Any) -> Any:
     """The ``OrtValue`` inside an engine value (a host-backed wrapper or the value itself)."""
