@@ -246,6 +246,7 @@ class ComponentInfo:
     tolerance: float = 0.0
     constants: dict[str, Any] = field(default_factory=dict)  # settings baked into the graph
     alternatives: dict[str, AlternativeInfo] = field(default_factory=dict)  # by form (FORMS)
+    attention: str = ""  # the main form's attention lowering (ort_mha: fused; matmul; sdpa)
 
 
 @dataclass(frozen=True)
@@ -596,6 +597,7 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
             tolerance=float(info["tolerance"]),
             constants=dict(info.get("constants") or {}),
             alternatives=alternatives,
+            attention=str(info.get("attention", "")),
         )
     tracker = TrackerSettings.from_dict(data["tracker"], where=f"{manifest}: tracker")
     for name, comp in components.items():

@@ -407,3 +407,23 @@ def test_a_form_that_fails_to_load_is_left_out(
     refused.add("memory_encoder.onnx")
     with pytest.raises(EngineError, match=r"memory_encoder\.onnx"):
         Tracker(load_bundle(forms_bundle), forms="fastest")
+
+
+def test_fused_fp32_attention_on_cuda_is_warned_about(
+    forms_bundle: Path, tiny256_bundle: Path
+) -> None:
+    """ONNX Runtime's fused fp32 MultiHeadAttention was wrong on CUDA for memory attention (H200,
+    onnxruntime-gpu 1.31.1): loading such a graph on CUDA says so and names the fix; unfused
+    attention, fp16 bundles and the CPU are not warned about."""
+    plain = Tracker(load_bundle(tiny256_bundle), forms="main").graphs
+    assert plain.check_attention_kernels() is None  # on the CPU
+    plain.engine.device = "cuda"  # type: ignore[misc]  # as if the CUDA provider ran it
+    warning = plain.check_attention_kernels()
+    assert warning is not None and "relative error of 0.48" in warning
+    assert warning.endswith("use a bundle built with --target cuda (unfused attention) on a GPU")
+    with_forms = Tracker(load_bundle(forms_bundle), forms="main").graphs
+    with_forms.engine.device = "cuda"  # type: ignore[misc]
+    assert "use --forms unfused (unfused attention)" in (with_forms.check_attention_kernels() or "")
+    unfused = Tracker(load_bundle(forms_bundle), forms="unfused").graphs
+    unfused.engine.device = "cuda"  # type: ignore[misc]
+    assert unfused.check_attention_kernels() is None
