@@ -43,6 +43,7 @@ TARGETS=${TARGETS:-cuda-fp16 cuda}
 STEPS=${STEPS:-bench nodes diagnose}
 VARIANTS=${VARIANTS-graph}
 DEADLINE=${DEADLINE:-0}
+REFERENCE_RUNS=${REFERENCE_RUNS:-2}  # PyTorch runs per reference side: the fastest counts
 mkdir -p "$OUT" "$WORK"
 CKPT="$WORK/sam2.1_hiera_tiny.pt"
 [ -f "$CKPT" ] || python3 -m samurai_onnx.compiler.random_checkpoint --model tiny --out "$CKPT"
@@ -106,7 +107,7 @@ for target in $TARGETS; do
   done
   step "bench $target" samurai-bench "$WORK/tiny-$target" ${compare[@]+"${compare[@]}"} --device "$DEVICE" \
     --checkpoint "$CKPT" --video "$VIDEO" --bbox "$BOX" --frames "$FRAMES" --objects "$OBJECTS" \
-    --batch-sizes 1,4 --repeats "$REPEATS" \
+    --batch-sizes 1,4 --repeats "$REPEATS" --reference-runs "$REFERENCE_RUNS" \
     --json "$OUT/bench-$target.json" --markdown "$OUT/bench-$target.md"
 done
 for target in $TARGETS; do

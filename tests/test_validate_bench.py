@@ -211,3 +211,25 @@ def test_the_gpu_reference_is_strict_fp32(monkeypatch: pytest.MonkeyPatch) -> No
     assert strict_fp32() == "TF32 off"
     assert torch.backends.cudnn.allow_tf32 is False
     assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+def test_the_fastest_of_several_reference_runs_counts() -> None:
+    """--reference-runs: of several runs of one PyTorch side the fastest (one object) is kept,
+    and its engine line lists every run's time; one run is kept as it is."""
+    from samurai_onnx.compiler.evaluate.bench import EndToEnd, SideResult, fastest_run
+
+    def run(ms: float, masks: str) -> SideResult:
+        r = SideResult("pytorch-fp16", engine="torch on cuda, fp16 autocast", masks_file=masks)
+        r.end_to_end = {1: EndToEnd(ms / 1e3, None, None, 12), 4: EndToEnd(ms / 250, None, None, 12)}
+        return r
+
+    best = fastest_run([run(34.4, "a"), run(24.1, "b"), run(30.0, "c")])
+    assert best.masks_file == "b"  # its own masks: the IoU column compares that run
+    assert best.engine == "torch on cuda, fp16 autocast; fastest of 3 runs (ms per frame: 34.4, 24.1, 30.0)"
+    one = run(20.0, "x")
+    assert fastest_run([one]) is one and one.engine == "torch on cuda, fp16 autocast"
+    result = subprocess.run(
+        [sys.executable, "-m", "samurai_onnx.compiler.evaluate.bench_cli", "bundle", "--reference-runs", "0"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--reference-runs" in result.stderr

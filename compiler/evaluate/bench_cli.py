@@ -93,6 +93,14 @@ def bench(
         "the same run against the same reference; repeat for several.",
     ),
     no_reference: bool = typer.Option(False, "--no-reference", help="Skip the PyTorch reference."),
+    reference_runs: int = typer.Option(
+        1,
+        "--reference-runs",
+        min=1,
+        max=5,
+        help="Run each PyTorch reference side this many times (each in its own process) and "
+        "keep the fastest: PyTorch's GPU time moves between identical runs.",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
     markdown_out: Path | None = typer.Option(
         None, "--markdown", help="Write the report as Markdown."
@@ -127,6 +135,7 @@ def bench(
             "threads": threads,
             "size": info.model_name,
             "steady_from": steady_from(frames, info.tracker),
+            "reference_runs": reference_runs,
         }
         for other in compare:
             theirs = load_bundle(other)
