@@ -35,7 +35,7 @@ from samurai_onnx.compiler.manifest import (
     load_model_manifest,
     load_target_manifest,
 )
-from samurai_onnx.compiler.modeling.common import set_attention_lowering
+from samurai_onnx.compiler.modeling.common import set_attention_lowering, set_norm_lowering
 from samurai_onnx.compiler.modeling.sam2 import SAM2Model, load_sam2
 from samurai_onnx.compiler.passes.conv_gemm import count_gemm_convs, gemm_file
 from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
@@ -195,7 +195,7 @@ def _build_model_graph(
     ``form`` builds one of the target's alternatives instead of the main form, given the main
     form's build ``main``; None when it does not apply to this graph (``dense`` without
     depthwise convolutions, ``unfused`` where the main form has no fused attention, ``gemm``
-    without convolutions its pass rewrites). ``dense`` and ``gemm`` start from the main form's
+    without convolutions its pass rewrites, ``layernorm`` without ``LayerNorm2d``). ``dense`` and ``gemm`` start from the main form's
     exported (and simplified) graph instead of exporting again."""
     spec = manifest.components[name]
     lowering = attention_lowering(spec, target)
@@ -221,6 +221,9 @@ def _build_model_graph(
         graph = graph.with_fixed(BATCH_AXES)
     wrapper = build_graph(name, model, settings, static=static)
     set_attention_lowering(wrapper, lowering)
+    norms = set_norm_lowering(wrapper, "layernorm" if form == "layernorm" else "reduce")
+    if form == "layernorm" and not norms:
+        return None
     inputs = example_inputs(
         name, settings, static=static, objects=None if options.dynamic_batch else 1
     )

@@ -11,8 +11,9 @@ Pre- and postprocessing run in the ``preprocess``/``postprocess`` graphs (``proc
 or on the host with PIL and numpy exactly as the oracle does (``processing="host"``).
 
 A graph the bundle holds in several forms (``bundle.FORMS``) runs in the fastest of them on this
-engine (``forms="fastest"``, timed at load by ``engine/forms.py``), in its main form
-(``forms="main"``) or in the form named.
+engine (``forms="fastest"``, timed at load by ``engine/forms.py``, which also leaves out a form
+whose outputs on this device stray from the CPU's by more than the graph's tolerance), in its
+main form (``forms="main"``) or in the form named.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ class SamuraiGraphs:
             text = json.dumps([name, hashes, self.engine.describe(), machine()], sort_keys=True)
             key = hashlib.sha256(text.encode()).hexdigest()
         session, self.forms[name] = fastest_form(
-            self.engine, spec, files, feeds, cache=cache, key=key
+            self.engine, spec, files, feeds, cache=cache, key=key, tolerance=info.tolerance
         )
         return session
 

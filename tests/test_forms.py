@@ -37,10 +37,11 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def forms_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny256 bundle's model and target (cpu) with ``alternatives: [dense, unfused]``."""
+    """The tiny256 bundle's model and target (cpu) with ``alternatives: [dense, unfused,
+    layernorm]``."""
     tmp = tmp_path_factory.mktemp("forms")
     target = yaml.safe_load((REPO / "targets" / "cpu.yaml").read_text())
-    target.update(name="cpu-forms", alternatives=["dense", "unfused"])
+    target.update(name="cpu-forms", alternatives=["dense", "unfused", "layernorm"])
     target_file = tmp / "cpu-forms.yaml"
     target_file.write_text(yaml.safe_dump(target))
     manifest = _small_manifest(tmp / "tiny-256.yaml", 256)  # the tiny256 bundle's
@@ -56,17 +57,25 @@ def _ops(path: Path) -> set[str]:
 
 def test_each_alternative_is_built_where_it_applies(forms_bundle: Path) -> None:
     header = yaml.safe_load((forms_bundle / "bundle.yaml").read_text())
-    assert header["target"]["alternatives"] == ["dense", "unfused"]
+    assert header["target"]["alternatives"] == ["dense", "unfused", "layernorm"]
     built = {n: sorted(c.get("alternatives", {})) for n, c in header["components"].items()}
     assert built == {
         "preprocess": [], "image_encoder": ["unfused"], "memory_attention": ["unfused"],
-        "mask_decoder": [], "memory_encoder": ["dense"], "postprocess": [], "mask_prompt": [],
+        "mask_decoder": ["layernorm"], "memory_encoder": ["dense", "layernorm"],
+        "postprocess": [], "mask_prompt": [],
     }  # fmt: skip
     # each form went through the passes and their checks against PyTorch, under its own name
     checked = {(r.component, r.name) for r in REPORTS if "/" in r.component}
     assert ("memory_encoder/dense", "dense-depthwise") in checked
     assert ("image_encoder/unfused", "simplify") in checked
     assert ("memory_attention/unfused", "simplify") in checked
+    assert ("memory_encoder/layernorm", "simplify") in checked
+    for name in ("mask_decoder", "memory_encoder"):  # LayerNorm2d: no channel-axis ReduceMean
+        alt = header["components"][name]["alternatives"]["layernorm"]
+        assert "ReduceMean" in _ops(forms_bundle / header["components"][name]["file"])
+        assert "ReduceMean" not in _ops(forms_bundle / alt["file"])
+        assert "LayerNormalization" in _ops(forms_bundle / alt["file"])
+        assert max(alt["max_abs_error"].values()) <= header["components"][name]["tolerance"]
     for name, form in (("image_encoder", "unfused"), ("memory_attention", "unfused")):
         alt = header["components"][name]["alternatives"][form]
         assert "MultiHeadAttention" in _ops(forms_bundle / header["components"][name]["file"])
@@ -90,7 +99,7 @@ def test_every_form_tracks_like_the_main_form(forms_bundle: Path, tiny256_bundle
     """The main forms are the tiny256 bundle's graphs (same numbers); dense and unfused differ
     by summation order only (a memory may move by one bfloat16 step), so IoU >= 0.999."""
     _, want = _track(tiny256_bundle, "main")
-    for forms in ("main", "dense", "unfused", "fastest"):
+    for forms in ("main", "dense", "unfused", "layernorm", "fastest"):
         tracker, got = _track(forms_bundle, forms)
         for a, b in zip(want, got, strict=True):
             if forms == "main":
@@ -104,8 +113,11 @@ def test_every_form_tracks_like_the_main_form(forms_bundle: Path, tiny256_bundle
             assert chosen == {"memory_encoder": "dense"}
         elif forms == "unfused":
             assert chosen == {"image_encoder": "unfused", "memory_attention": "unfused"}
+        elif forms == "layernorm":
+            assert chosen == {"mask_decoder": "layernorm", "memory_encoder": "layernorm"}
         else:  # timed: every multi-form graph, the fastest of its forms
-            assert set(chosen) == {"image_encoder", "memory_attention", "memory_encoder"}
+            assert set(chosen) == {"image_encoder", "memory_attention", "mask_decoder",
+                                   "memory_encoder"}  # fmt: skip
             for choice in tracker.graphs.forms.values():
                 assert set(choice.seconds) == {"main", *load_bundle(forms_bundle).components[
                     choice.graph].alternatives}
@@ -127,10 +139,11 @@ def test_the_form_that_times_fastest_runs(
     monkeypatch.setattr(forms_module, "time_call", fake)
     tracker = Tracker(load_bundle(forms_bundle), forms="fastest")
     chosen = {n: c.chosen for n, c in tracker.graphs.forms.items()}
-    assert chosen == {"image_encoder": "main", "memory_attention": "main", "memory_encoder": "dense"}
+    assert chosen == {"image_encoder": "main", "memory_attention": "main", "mask_decoder": "main",
+                      "memory_encoder": "dense"}  # fmt: skip
     session = tracker.graphs.sessions["memory_encoder"]
     assert session.path.name == "memory_encoder.dense.onnx" and session.calls == 0
-    assert "memory_encoder: dense (1 ms; main 10 ms)" in tracker.describe()
+    assert "memory_encoder: dense (1 ms; main 10 ms; layernorm 10 ms)" in tracker.describe()
 
 
 def test_a_bad_forms_value_is_refused(forms_bundle: Path) -> None:
@@ -169,7 +182,7 @@ def _break_dense(case: str, entry: dict[str, Any], root: Path) -> None:
         ("tampered", "components.memory_encoder.alternatives.dense: memory_encoder.dense.onnx does not match its sha256"),
         ("outside", "points outside the bundle directory"),
         ("missing", "is missing; rebuild or re-copy the bundle"),
-        ("unknown", "unknown key(s) sparse; allowed: dense, gemm, unfused"),
+        ("unknown", "unknown key(s) sparse; allowed: dense, gemm, layernorm, unfused"),
         ("no_file", "alternatives.dense.file: missing (required)"),
     ],
 )
@@ -273,7 +286,9 @@ def test_gpu_diagnose_checks_and_times_every_form(
     enc = json.loads((out / "diagnose.json").read_text())["graphs"]["memory_encoder"]
     assert max(enc["parity_dense"]["optimized"].values()) == 0.0  # CPU against CPU
     assert enc["dense_cpu_error"] == 0.0  # the dense form: the main form's numbers
-    assert {"target", "dense", "static", "dense+static"} == set(enc["ms"])
+    assert {"target", "dense", "static", "dense+static", "layernorm", "layernorm+static"} == set(
+        enc["ms"])  # the bundle's forms, each also specialised to its shapes  # fmt: skip
+    assert max(enc["parity_layernorm"]["optimized"].values()) == 0.0
     assert "dense form, max rel. error device vs CPU" in (out / "diagnose.md").read_text()
 
 
@@ -299,33 +314,33 @@ def test_a_cpu_times_each_bundle_once(
     timed = _counting(monkeypatch)
     bundle = load_bundle(forms_bundle)
     first = Tracker(bundle, threads=1)
-    assert len(timed) == 6  # image encoder, memory attention, memory encoder: two forms each
+    assert len(timed) == 9  # image encoder, memory attention, decoder: 2 forms; memory encoder 3
     chosen = {n: c.chosen for n, c in first.graphs.forms.items()}
     again = Tracker(bundle, threads=1)
-    assert len(timed) == 6  # nothing timed: all three choices came from the cache
+    assert len(timed) == 9  # nothing timed: all four choices came from the cache
     assert {n: c.chosen for n, c in again.graphs.forms.items()} == chosen
     assert all(c.cached for c in again.graphs.forms.values()) and ", cached)" in again.describe()
     Tracker(bundle, threads=2)
-    assert len(timed) == 12
+    assert len(timed) == 18
 
     cache = _own_cache / "forms.json"
     entries = json.loads(cache.read_text())
-    assert len(entries) == 6  # 3 graphs x 2 thread counts
+    assert len(entries) == 8  # 4 graphs x 2 thread counts
     for bad in ("not json", json.dumps({k: {"chosen": "sparse", "seconds": {}} for k in entries})):
         cache.write_text(bad)
         timed.clear()
         Tracker(bundle, threads=1)
-        assert len(timed) == 6, bad
+        assert len(timed) == 9, bad
     cache.write_text("x" * (FormCache.LIMIT + 1))  # oversized: not read
     timed.clear()
     Tracker(bundle, threads=1)
-    assert len(timed) == 6
+    assert len(timed) == 9
     cache.unlink()
     cache.mkdir()  # cannot be written: still runs, times again next time
     timed.clear()
     Tracker(bundle, threads=1)
     Tracker(bundle, threads=1)
-    assert len(timed) == 12
+    assert len(timed) == 18
     assert sorted(p.name for p in _own_cache.iterdir()) == ["forms.json"]  # no stray files
 
 
@@ -339,13 +354,18 @@ def test_a_cpu_times_each_bundle_once(
         {"chosen": "main", "seconds": {"main": 0.1}, "failed": "dense"},
         {"chosen": "main", "seconds": {"main": 0.1}, "failed": [["dense"]]},
         {"chosen": "main", "seconds": {"main": 0.1}},
+        {"chosen": "dense", "seconds": {"dense": 0.1}, "failed": ["main"], "off": {"main": 1.5}},
+        {"chosen": "dense", "seconds": {"dense": 0.1}, "failed": ["main"], "off": {"dense": 1.5}},
+        {"chosen": "main", "seconds": {"main": 0.1}, "failed": ["dense"], "off": {"dense": "x"}},
+        {"chosen": "main", "seconds": {"main": 0.1}, "failed": ["dense"], "off": ["dense"]},
     ],
 )
 def test_a_cached_failure_is_used_only_when_consistent(
     _own_cache: Path, entry: dict[str, Any]
 ) -> None:
     """A cached entry with failed forms is trusted only if its timed and failed forms are
-    exactly the graph's forms, disjoint, and the chosen form (and main) did not fail."""
+    exactly the graph's forms, disjoint, and the chosen form did not fail (main only by being
+    off: too far from the CPU on this device, with its distance recorded)."""
     cache = FormCache(_own_cache / "forms.json")
     _own_cache.mkdir()
     cache.path.write_text(json.dumps({"k": entry}))
@@ -353,6 +373,9 @@ def test_a_cached_failure_is_used_only_when_consistent(
     if entry == {"chosen": "main", "seconds": {"main": 0.1}, "failed": ["dense"]}:
         assert got is not None and got.failed == ["dense"] and got.cached
         assert got.line() == "memory_encoder: main (100 ms; dense failed, cached)"
+    elif entry.get("off") == {"main": 1.5}:
+        assert got is not None and got.chosen == "dense" and got.off == {"main": 1.5}
+        assert got.line() == "memory_encoder: dense (100 ms; main off by 1.5, cached)"
     else:
         assert got is None
 
@@ -369,8 +392,9 @@ def test_a_components_build_keeps_the_other_graphs_forms(
         checkpoint=tiny_checkpoint, out_dir=out, components=["mask_decoder"],
     )  # fmt: skip
     bundle = load_bundle(out)
-    assert set(bundle.components["memory_encoder"].alternatives) == {"dense"}
+    assert set(bundle.components["memory_encoder"].alternatives) == {"dense", "layernorm"}
     assert set(bundle.components["image_encoder"].alternatives) == {"unfused"}
+    assert set(bundle.components["mask_decoder"].alternatives) == {"layernorm"}  # rebuilt
     assert bundle.file("memory_encoder", "dense").is_file()
 
 
@@ -394,15 +418,15 @@ def test_a_form_that_fails_to_load_is_left_out(
     monkeypatch.setattr(OrtEngine, "load", load)
     tracker = Tracker(load_bundle(forms_bundle), forms="fastest")
     encoder = tracker.graphs.forms["memory_encoder"]
-    assert encoder.chosen == "main" and encoder.failed == ["dense"]
-    assert set(encoder.seconds) == {"main"} and "dense failed" in tracker.describe()
+    assert encoder.chosen in ("main", "layernorm") and encoder.failed == ["dense"]
+    assert set(encoder.seconds) == {"main", "layernorm"} and "dense failed" in tracker.describe()
     loads: list[str] = []
     monkeypatch.setattr(
         OrtEngine, "load", lambda self, path, spec: loads.append(path.name) or load(self, path, spec)
     )
     again = Tracker(load_bundle(forms_bundle), forms="fastest")  # on a CPU: cached, failure too
     encoder = again.graphs.forms["memory_encoder"]
-    assert encoder.cached and encoder.chosen == "main" and encoder.failed == ["dense"]
+    assert encoder.cached and encoder.chosen in ("main", "layernorm") and encoder.failed == ["dense"]
     assert "memory_encoder.dense.onnx" not in loads and "dense failed, cached" in again.describe()
     refused.add("memory_encoder.onnx")
     with pytest.raises(EngineError, match=r"memory_encoder\.onnx"):
@@ -427,3 +451,99 @@ def test_fused_fp32_attention_on_cuda_is_warned_about(
     unfused = Tracker(load_bundle(forms_bundle), forms="unfused").graphs
     unfused.engine.device = "cuda"  # type: ignore[misc]
     assert unfused.check_attention_kernels() is None
+
+
+def _shifted(src: Path, dst: Path, by: float = 1.0) -> Path:
+    """``src`` (a memory encoder) with its output projection's bias moved by ``by``: a form whose
+    numbers are off, as a wrong device kernel would make them."""
+    model = onnx.load(str(src))
+    (bias,) = [t for t in model.graph.initializer if t.name == "memory_encoder.out_proj.bias"]
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + by, bias.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_a_form_off_on_the_device_is_left_out(
+    forms_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A form whose outputs stray from the CPU's by more than the graph's tolerance is not run,
+    even when it times fastest: the load says so in one warning and in the engine line, and a
+    CPU's cache remembers it (not loaded again)."""
+    from samurai_onnx.runtime.engine.onnxruntime import OrtEngine
+
+    def shift_dense(entry: dict[str, Any], root: Path) -> None:
+        dense = root / entry["alternatives"]["dense"]["file"]
+        _shifted(dense, dense)
+        entry["alternatives"]["dense"]["sha256"] = sha256_file(dense)
+
+    bundle = _edited(forms_bundle, tmp_path / "b", shift_dense)
+
+    def fake(fn: Any, repeats: int, sync: Any = None, *, warmup: int = 1) -> Timing:
+        fn()
+        return Timing(0.001 if ".dense." in fn.func.__self__.path.name else 0.01, 0.01)
+
+    monkeypatch.setattr(forms_module, "time_call", fake)
+    tracker = Tracker(load_bundle(bundle), forms="fastest")
+    encoder = tracker.graphs.forms["memory_encoder"]
+    assert encoder.chosen == "main" and encoder.failed == ["dense"]
+    assert 0.5 < encoder.off["dense"] < 2, encoder.off  # the bias moved by 1 (bf16 memories)
+    assert tracker.graphs.sessions["memory_encoder"].path.name == "memory_encoder.onnx"
+    assert "dense off by" in tracker.describe()
+    warned = [r.getMessage() for r in caplog.records if "dense form is left out" in r.getMessage()]
+    assert len(warned) == 1 and "from the CPU's" in warned[0] and "tolerance is 0.0001" in warned[0]
+    assert {c.graph: c.off for c in tracker.graphs.forms.values() if c.off} == {
+        "memory_encoder": encoder.off}  # the forms that agree are not judged  # fmt: skip
+    loads: list[str] = []
+    real = OrtEngine.load
+    monkeypatch.setattr(
+        OrtEngine, "load", lambda self, path, spec: loads.append(path.name) or real(self, path, spec)
+    )
+    again = Tracker(load_bundle(bundle), forms="fastest")
+    assert again.graphs.forms["memory_encoder"].cached and "memory_encoder.dense.onnx" not in loads
+    assert again.graphs.forms["memory_encoder"].off == encoder.off
+
+
+def test_the_main_form_off_on_the_device_gives_way(tiny256_bundle: Path, tmp_path: Path) -> None:
+    """Where the main form is the one off (as fused fp32 attention was on an H200), a form that
+    agrees with the CPU runs instead; where every form is off, the closest one runs."""
+    from samurai_onnx.runtime.contract import contract, steady_state_feeds
+    from samurai_onnx.runtime.engine.base import EngineSettings
+    from samurai_onnx.runtime.engine.forms import cpu_reference, fastest_form, max_difference
+    from samurai_onnx.runtime.engine.onnxruntime import OrtEngine
+
+    bundle = load_bundle(tiny256_bundle)
+    good = bundle.file("memory_encoder")
+    spec = contract("memory_encoder", bundle.tracker.geometry)
+    feeds = steady_state_feeds("memory_encoder", 1, bundle.tracker.geometry, False)
+    files = {"main": _shifted(good, tmp_path / "main.onnx"), "dense": good}
+    truth = cpu_reference(good, spec, feeds)
+    engine = OrtEngine(EngineSettings())
+    tol = bundle.components["memory_encoder"].tolerance
+    _, choice = fastest_form(engine, spec, files, feeds, repeats=1, tolerance=tol,
+                             reference=lambda: truth)  # fmt: skip
+    assert choice.chosen == "dense" and choice.failed == ["main"] and set(choice.seconds) == {"dense"}
+    assert choice.line().startswith("memory_encoder: dense (") and "main off by" in choice.line()
+    # every form off: the closer one runs, and nothing is left without a form
+    far = {k: v - 0.75 if k == "memory_pool_out" else v for k, v in truth.items()}  # main: +1
+    assert abs(max_difference(far, truth) - 0.75) < 1e-5
+    session, choice = fastest_form(engine, spec, files, feeds, repeats=1, tolerance=tol,
+                                   reference=lambda: far)  # fmt: skip
+    assert choice.chosen == "dense" and choice.failed == ["main"] and session.path == good
+    # no tolerance (or forms that agree): nothing is compared, the reference is never asked for
+    def never() -> dict[str, np.ndarray]:
+        raise AssertionError("the reference was computed")
+
+    _, choice = fastest_form(engine, spec, {"main": good, "dense": good}, feeds, repeats=1,
+                             tolerance=tol, reference=never)  # fmt: skip
+    assert not choice.off and not choice.failed
+
+
+def test_max_difference_counts_what_differs() -> None:
+    from samurai_onnx.runtime.engine.forms import max_difference
+
+    a = {"x": np.array([1.0, np.inf, -np.inf, 2.0]), "n": np.array([3])}
+    assert max_difference(a, {"x": np.array([1.0, np.inf, -np.inf, 2.5]), "n": np.array([3])}) == 0.5
+    assert max_difference(a, {"x": np.array([1.0, np.inf, np.nan, 2.0])}) == np.inf
+    assert max_difference(a, {"x": np.array([1.0, -np.inf, -np.inf, 2.0])}) == np.inf
+    assert max_difference(a, {"x": np.zeros(3)}) == np.inf  # another shape
+    assert max_difference(a, {"n": np.array([5])}) == 2.0  # only the outputs both have

@@ -179,7 +179,7 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
     "memory_shape": (_set("memory_shape", "ragged"), "memory_shape", "dynamic, static"),
     "depthwise": (_set("depthwise", "separable"), "depthwise", "grouped, dense"),
     "alternatives_type": (_set("alternatives", "dense"), "alternatives", "expected a list"),
-    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm"),
+    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm, layernorm"),
     "alternatives_twice": (_set("alternatives", ["dense", "dense"]), "alternatives", "at most once"),
     "alternatives_dense_main": (
         lambda d: d.update(depthwise="dense", alternatives=["dense"]),

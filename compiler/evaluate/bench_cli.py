@@ -72,7 +72,7 @@ def bench(
         "fastest",
         "--forms",
         help="Graphs the bundle holds in several forms (target 'alternatives'): fastest (timed "
-        "when loading), main, or a form (dense, unfused, gemm).",
+        "when loading), main, or a form (dense, unfused, gemm, layernorm).",
     ),
     repeats: int = typer.Option(
         3, "--repeats", help="Timed runs per component and batch size (after one warm-up)."

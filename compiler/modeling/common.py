@@ -57,15 +57,28 @@ class MLP(nn.Module):
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of ``[B, C, H, W]`` maps."""
+    """LayerNorm over the channel axis of ``[B, C, H, W]`` maps.
+
+    ``channels_last`` (set by ``set_norm_lowering``) decides the ONNX it exports to. False (the
+    main form): SAM 2's formula, mean and variance as ``ReduceMean`` over axis 1 and element-wise
+    nodes (nine nodes per norm). True (the ``layernorm`` graph form): the map transposed to
+    ``[B, H, W, C]``, one ``LayerNormalization`` over its last axis, and transposed back: one
+    fused kernel per norm instead of two channel-axis reductions and seven passes over the map,
+    for GPUs where those reductions are slow. The same function up to summation order, and the
+    same parameters (``strict=True`` loads either way)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
+        self.num_channels = num_channels
+        self.channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps)
+            return y.permute(0, 3, 1, 2)
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) / torch.sqrt(s + self.eps)
@@ -202,3 +215,18 @@ def set_attention_lowering(module: nn.Module, lowering: str) -> None:
     for sub in module.modules():
         if hasattr(sub, "lowering"):
             setattr(sub, "lowering", lowering)  # noqa: B010 (nn.Module's __setattr__ typing)
+
+
+NORM_LOWERINGS = ("reduce", "layernorm")
+
+
+def set_norm_lowering(module: nn.Module, lowering: str) -> int:
+    """Set how every ``LayerNorm2d`` inside ``module`` is lowered (``reduce``: SAM 2's formula,
+    ``layernorm``: one ``LayerNormalization`` over the channels; see ``LayerNorm2d``); returns how
+    many there are, so that a graph without any is known to have no ``layernorm`` form."""
+    if lowering not in NORM_LOWERINGS:
+        raise ValueError(f"unknown norm lowering {lowering!r}; use one of {NORM_LOWERINGS}")
+    norms = [m for m in module.modules() if isinstance(m, LayerNorm2d)]
+    for norm in norms:
+        norm.channels_last = lowering == "layernorm"
+    return len(norms)
