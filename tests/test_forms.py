@@ -547,3 +547,18 @@ def test_max_difference_counts_what_differs() -> None:
     assert max_difference(a, {"x": np.array([1.0, -np.inf, -np.inf, 2.0])}) == np.inf
     assert max_difference(a, {"x": np.zeros(3)}) == np.inf  # another shape
     assert max_difference(a, {"n": np.array([5])}) == 2.0  # only the outputs both have
+
+
+def test_forms_agree_within_tolerance_and_a_bfloat16_step() -> None:
+    """Memories are rounded to bfloat16 in the graphs, so one step of the value is never a
+    disagreement (an fp32 GPU kernel moves some by that much); anything beyond the tolerance
+    and that step is, and so are NaN and another shape."""
+    from samurai_onnx.runtime.engine.forms import agrees
+
+    ref = {"m": np.array([4.0, -8.0, 0.0, np.inf])}
+    step = {"m": np.array([4.0 + 2.0**-6, -8.0 - 2.0**-5, 1e-4, np.inf])}  # one bf16 step each
+    assert agrees(step, ref, 1e-4) and agrees(ref, step, 1e-4)
+    assert not agrees({"m": np.array([4.0 + 0.1, -8.0, 0.0, np.inf])}, ref, 1e-4)
+    assert agrees({"m": np.array([4.0 + 0.1, -8.0, 0.0, np.inf])}, ref, 0.07)  # 0.07 + 0.032
+    assert not agrees({"m": np.array([4.0, -8.0, np.nan, np.inf])}, ref, 1.0)
+    assert not agrees({"m": np.zeros(3)}, ref, 1.0)
