@@ -23,8 +23,8 @@
 #   provider's prefer_nhwc), dense (depthwise: dense as the memory encoder's only form),
 #   unfused (fused_attention: false as the only form); join with + (dense+graph);
 #   TARGET:VARIANT applies to that target only (cuda-fp16:unfused). A target with
-#   alternatives (none of the packaged cuda targets since the H200 run) runs the faster form,
-#   and the bench's engine line shows each form's time.
+#   alternatives (both packaged cuda targets: layernorm) runs the faster form that agrees with
+#   the CPU, and the bench's engine line shows each form's time (or how far off it was).
 #   VARIANTS="" benchmarks the targets alone.
 #   Every bundle is compiled first, all at the same time (CPU work); then the GPU steps run one
 #   at a time. DEADLINE (seconds from the start; default 0: none) bounds a lent machine's call:
