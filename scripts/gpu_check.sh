@@ -26,8 +26,9 @@
 #   alternatives (both packaged cuda targets: layernorm) runs the faster form that agrees with
 #   the CPU, and the bench's engine line shows each form's time (or how far off it was).
 #   VARIANTS="" benchmarks the targets alone.
-#   Every bundle is compiled first, all at the same time (CPU work); then the GPU steps run one
-#   at a time. DEADLINE (seconds from the start; default 0: none) bounds a lent machine's call:
+#   Every bundle is compiled first, all at the same time (CPU work; a variant that changes
+#   provider options only, graph or nhwc, is a copy of its target's bundle instead, with no
+#   compile); then the GPU steps run one at a time. DEADLINE (seconds from the start; default 0: none) bounds a lent machine's call:
 #   each step gets what is left (SIGINT at the end) and a step with under 30 s left is skipped,
 #   so the results so far and OUT/timeline.txt always come back.
 set -euo pipefail
@@ -86,17 +87,33 @@ variants_of() {  # the variants of TARGET in VARIANTS, one per line
 mark "start: TARGETS=$TARGETS STEPS=$STEPS VARIANTS=$VARIANTS FRAMES=$FRAMES REPEATS=$REPEATS DEADLINE=$DEADLINE"
 # Every bundle first, at the same time (compiling is CPU work, one process per bundle): the GPU steps
 # after it then run one at a time, so their timings do not share the GPU.
+runtime_only() {  # whether VARIANT changes provider options only (scripts/target_variant.py RUNTIME_ONLY)
+  local part parts
+  IFS=+ read -ra parts <<<"$1"
+  for part in "${parts[@]}"; do [[ "$part" == graph || "$part" == nhwc ]] || return 1; done
+}
 pids=()
 for target in $TARGETS; do
   compile "$target" "$target" & pids+=($!)
   if [[ " $STEPS " == *" bench "* ]]; then
     for variant in $(variants_of "$target"); do
+      runtime_only "$variant" && continue  # made from the compiled bundle below
       python3 scripts/target_variant.py "$target" "$variant" "$WORK/targets/$target-$variant.yaml" >/dev/null
       compile "$WORK/targets/$target-$variant.yaml" "$target-$variant" & pids+=($!)
     done
   fi
 done
 for pid in "${pids[@]}"; do wait "$pid" || true; done
+# Variants that change provider options only: a copy of the compiled bundle (same graph files,
+# the variant in its recorded target), no compile
+for target in $TARGETS; do
+  [[ " $STEPS " == *" bench "* && -f "$WORK/tiny-$target/bundle.yaml" ]] || continue
+  for variant in $(variants_of "$target"); do
+    runtime_only "$variant" && [ ! -f "$WORK/tiny-$target-$variant/bundle.yaml" ] || continue
+    python3 scripts/target_variant.py --bundle "$WORK/tiny-$target" "$variant" "$WORK/tiny-$target-$variant" \
+      >/dev/null && mark "made $target-$variant from the $target bundle"
+  done
+done
 # The benchmarks of every target first, then the diagnoses: under a DEADLINE the figures come first.
 for target in $TARGETS; do
   [ -f "$WORK/tiny-$target/bundle.yaml" ] || { echo "no $target bundle: skipping it"; continue; }

@@ -48,3 +48,71 @@ def test_bad_variants_are_one_line(tmp_path: Path, target: str, variant: str, ne
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
     assert not out.exists()
+
+
+def _cuda_copy(bundle: Path, out: Path) -> Path:
+    """``bundle`` (cpu target) recorded as if compiled for CUDA, sealed: a GPU bundle for the test."""
+    import shutil
+
+    import yaml
+
+    from samurai_onnx.runtime.bundle import seal_manifest
+
+    shutil.copytree(bundle, out)
+    data = yaml.safe_load((out / "bundle.yaml").read_text())
+    data["target"].update(providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                          provider_options={"CUDAExecutionProvider": {"use_tf32": 0}})  # fmt: skip
+    (out / "bundle.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    seal_manifest(out)
+    return out
+
+
+def test_a_runtime_variant_of_a_compiled_bundle_needs_no_compile(
+    tiny256_bundle: Path, tmp_path: Path
+) -> None:
+    """``--bundle``: the same graph files, the variant in the recorded target, a bundle that
+    loads with every hash checked; the source bundle is untouched (its files are linked)."""
+    from samurai_onnx.runtime.bundle import load_bundle, sha256_file
+    from scripts.target_variant import derive_bundle
+
+    src = _cuda_copy(tiny256_bundle, tmp_path / "src")
+    before = {p.name: sha256_file(p) for p in src.iterdir()}
+    out = derive_bundle(src, "graph+nhwc", tmp_path / "graph")
+    bundle = load_bundle(out)
+    options = bundle.target["provider_options"]["CUDAExecutionProvider"]
+    assert options == {"use_tf32": 0, "enable_cuda_graph": 1, "prefer_nhwc": 1}
+    assert bundle.target["name"].endswith("-graph+nhwc")
+    assert {p.name: sha256_file(p) for p in src.iterdir()} == before
+    load_bundle(src)
+    for name, info in bundle.components.items():
+        assert sha256_file(out / info.file) == sha256_file(src / info.file), name
+
+
+@pytest.mark.parametrize(
+    ("variant", "where", "needle"),
+    [
+        ("dense", "cuda", "dense changes the graphs, so a bundle cannot take it"),
+        ("graph+unfused", "cuda", "unfused changes the graphs"),
+        ("graph", "cpu", "does not use CUDAExecutionProvider"),
+        ("graph", "exists", "exists; give a new folder"),
+        ("graph", "edited", "does not match"),
+    ],
+)
+def test_a_bundle_variant_that_cannot_be_made_is_one_line(
+    tiny256_bundle: Path, tmp_path: Path, variant: str, where: str, needle: str
+) -> None:
+    src = tiny256_bundle if where == "cpu" else _cuda_copy(tiny256_bundle, tmp_path / "src")
+    out = tmp_path / "out"
+    if where == "exists":
+        out.mkdir()
+    if where == "edited":  # bundle.yaml changed after sealing: refused, as the loader refuses it
+        with open(src / "bundle.yaml", "a") as fh:
+            fh.write("\n# edited\n")
+    result = subprocess.run(
+        [sys.executable, "scripts/target_variant.py", "--bundle", str(src), variant, str(out)],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert (where == "exists") == out.exists()
