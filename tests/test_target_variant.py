@@ -30,6 +30,16 @@ def test_each_variant_changes_what_it_names(tmp_path: Path) -> None:
     assert graph.depthwise == "dense"
 
 
+def _refused(args: list[str], needle: str) -> None:
+    """scripts/target_variant.py ``args`` exits with 2 and one line containing ``needle``."""
+    result = subprocess.run(
+        [sys.executable, "scripts/target_variant.py", *args],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
+
+
 @pytest.mark.parametrize(
     ("target", "variant", "needle"),
     [
@@ -41,12 +51,7 @@ def test_each_variant_changes_what_it_names(tmp_path: Path) -> None:
 )
 def test_bad_variants_are_one_line(tmp_path: Path, target: str, variant: str, needle: str) -> None:
     out = tmp_path / "v.yaml"
-    result = subprocess.run(
-        [sys.executable, "scripts/target_variant.py", target, variant, str(out)],
-        capture_output=True, text=True, cwd=REPO, check=False,
-    )  # fmt: skip
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
+    _refused([target, variant, str(out)], needle)
     assert not out.exists()
 
 
@@ -108,11 +113,6 @@ def test_a_bundle_variant_that_cannot_be_made_is_one_line(
     if where == "edited":  # bundle.yaml changed after sealing: refused, as the loader refuses it
         with open(src / "bundle.yaml", "a") as fh:
             fh.write("\n# edited\n")
-    result = subprocess.run(
-        [sys.executable, "scripts/target_variant.py", "--bundle", str(src), variant, str(out)],
-        capture_output=True, text=True, cwd=REPO, check=False,
-    )  # fmt: skip
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
+    _refused(["--bundle", str(src), variant, str(out)], needle)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert (where == "exists") == out.exists()
