@@ -85,17 +85,11 @@ def _apply(data: dict[str, Any], variant: str) -> None:
 
 def derive_bundle(bundle: Path, variant: str, out: Path) -> Path:
     """A copy of the compiled ``bundle`` at ``out`` whose recorded target has ``variant`` (run-
-    time-only parts: ``RUNTIME_ONLY``) applied and is named ``<target>-<variant>``: the same
-    graph files (hard links where the file system allows, else copies), ``bundle.yaml``
-    rewritten and sealed, then loaded with every hash checked. ``out`` must not exist; nothing
-    is left there on failure."""
-    from samurai_onnx.runtime.bundle import (
-        DIGEST_NAME,
-        MANIFEST_NAME,
-        load_bundle,
-        read_manifest,
-        seal_manifest,
-    )  # fmt: skip
+    time-only parts: ``RUNTIME_ONLY``) applied and is named ``<target>-<variant>``: the graph
+    files the bundle names, checked first (hard links where the file system allows, else
+    copies; nothing else in the folder is taken), ``bundle.yaml`` written anew and sealed, then
+    loaded with every hash checked. ``out`` must not exist; nothing is left there on failure."""
+    from samurai_onnx.runtime.bundle import MANIFEST_NAME, load_bundle, read_manifest, seal_manifest
 
     graphs = [p for p in variant.split("+") if p in VARIANTS and p not in RUNTIME_ONLY]
     if graphs:
@@ -103,7 +97,10 @@ def derive_bundle(bundle: Path, variant: str, out: Path) -> Path:
             f"{'+'.join(graphs)} changes the graphs, so a bundle cannot take it; compile a "
             "target file written without --bundle instead"
         )
-    data = read_manifest(bundle)  # the digest checked: a bundle edited by hand is refused
+    source = load_bundle(bundle)  # every file checked: a bundle edited by hand is refused
+    data = read_manifest(bundle)
+    files = [info.file for info in source.components.values()]
+    files += [alt.file for info in source.components.values() for alt in info.alternatives.values()]
     _apply(data["target"], variant)
     data["target"]["name"] = f"{data['target']['name']}-{variant}"
     if out.exists():
@@ -118,9 +115,10 @@ def derive_bundle(bundle: Path, variant: str, out: Path) -> Path:
             shutil.copy2(src, dst)
 
     try:
-        shutil.copytree(bundle, staged, copy_function=link)
-        for name in (MANIFEST_NAME, DIGEST_NAME):  # links to the source's: new files instead
-            (staged / name).unlink()
+        staged.mkdir(parents=True)
+        for name in files:  # checked by load_bundle: each resolves inside the bundle
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)
+            link(str(bundle / name), str(staged / name))
         (staged / MANIFEST_NAME).write_text(yaml.safe_dump(data, sort_keys=False))
         seal_manifest(staged)
         load_bundle(staged)

@@ -70,8 +70,9 @@ def test_node_times_profile_every_graph_and_form_after_the_first_run(
     report = json.loads((out / "nodes.json").read_text())
     assert report["launch_blocking"] and set(report["graphs"]) == {"memory_encoder", "mask_decoder"}
     for p in report["graphs"].values():
-        # the nodes' times are those of the kept runs only: never more than the runs took
-        assert 0 < p["ms_in_nodes"] <= p["ms_per_run"] * 1.05
+        # the nodes' times are those of the kept runs only: never more than the runs took (both
+        # means: the median run can be shorter than the mean where one run was slow)
+        assert 0 < p["ms_in_nodes"] <= p["ms_per_run_mean"] * 1.01 + 0.01
         assert dict(p["ms_per_run_by_op"])
     assert not (out / "diagnose.json").exists()  # nothing else ran
     assert "| memory_encoder |" in (out / "nodes.md").read_text()
