@@ -35,7 +35,11 @@ from samurai_onnx.compiler.manifest import (
     load_model_manifest,
     load_target_manifest,
 )
-from samurai_onnx.compiler.modeling.common import set_attention_lowering, set_norm_lowering
+from samurai_onnx.compiler.modeling.common import (
+    INT8_LOWERING,
+    set_attention_lowering,
+    set_norm_lowering,
+)
 from samurai_onnx.compiler.modeling.sam2 import SAM2Model, load_sam2
 from samurai_onnx.compiler.passes.conv_gemm import count_gemm_convs, gemm_file
 from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
@@ -195,7 +199,8 @@ def _build_model_graph(
     ``form`` builds one of the target's alternatives instead of the main form, given the main
     form's build ``main``; None when it does not apply to this graph (``dense`` without
     depthwise convolutions, ``unfused`` where the main form has no fused attention, ``gemm``
-    without convolutions its pass rewrites, ``layernorm`` without ``LayerNorm2d``). ``dense`` and ``gemm`` start from the main form's
+    without convolutions its pass rewrites, ``layernorm`` without ``LayerNorm2d``, ``int8attn``
+    where the model manifest does not offer it). ``dense`` and ``gemm`` start from the main form's
     exported (and simplified) graph instead of exporting again."""
     spec = manifest.components[name]
     lowering = attention_lowering(spec, target)
@@ -203,6 +208,10 @@ def _build_model_graph(
         if lowering == spec.attention:
             return None
         lowering = spec.attention
+    if form == "int8attn":  # where the model manifest offers it (attention.int8)
+        if not spec.int8_attention:
+            return None
+        lowering = INT8_LOWERING
     dense_from: Path | None = None
     if form in ("dense", "gemm"):
         assert main is not None and main.plain is not None, "made from the main form's graph"
@@ -240,6 +249,9 @@ def _build_model_graph(
         for a file that does not ship (the raw export, when simplify follows: OpenVINO takes
         minutes to compile the unsimplified image encoder and seconds for the simplified one)."""
         checker = engine if shipped else None
+        # int8 attention is not exact from the export on: judged as int8 (targets with it quantize)
+        if form == "int8attn" and precision == "fp32":
+            precision = "int8"
         # the tolerance of what runs: an fp32 file runs in bf16 on OpenVINO with a bf16 hint
         runs_at = checker.run_precision(name, precision) if checker else precision
         tol = spec.tolerance.get(runs_at, 1e-4)
@@ -296,6 +308,8 @@ def _build_model_graph(
         src, qs = path, spec.quantization
         path = step("int8", "int8", lambda: quantize_int8(src, work / f"{stem}.int8.onnx", qs))
         precision = "int8" if precision == "fp32" else f"{precision}+int8"
+    if form == "int8attn" and precision == "fp32":  # a component the manifest keeps unquantized
+        precision = "int8"
     onnx_path = path
     if target.format == "ort":
         src = path

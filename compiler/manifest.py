@@ -64,6 +64,8 @@ class ComponentSpec:
     quantization: dict[str, Any] | None  # None: never quantized
     tolerance: dict[str, float]
     fused_attention: str | None = None  # used where the target allows fused kernels
+    # the int8attn form (attention scores in int8) is built for this graph where a target asks
+    int8_attention: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,13 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
     _unknown(data, {"attention", "quantization", "tolerance"}, where)
     raw_attention = data.get("attention", "matmul")
     fused: str | None = None
+    int8_attention = False
     if isinstance(raw_attention, dict):
         aw = f"{where}.attention"
-        _unknown(raw_attention, {"fused", "fallback"}, aw)
+        _unknown(raw_attention, {"fused", "fallback", "int8"}, aw)
+        int8_attention = raw_attention.get("int8", False)
+        if not isinstance(int8_attention, bool):
+            raise ManifestError(f"{aw}.int8: expected true or false, got {short(int8_attention)}")
         fused = _choice(raw_attention.get("fused"), ATTENTION_LOWERINGS, f"{aw}.fused")
         attention = _choice(
             raw_attention.get("fallback", "matmul"), ATTENTION_LOWERINGS, f"{aw}.fallback"
@@ -168,7 +174,7 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
                 f"got {short(value)}"
             )
     return ComponentSpec(
-        name, attention, quantization, {k: float(v) for k, v in tol.items()}, fused
+        name, attention, quantization, {k: float(v) for k, v in tol.items()}, fused, int8_attention
     )
 
 
@@ -350,13 +356,19 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             f"{_at(where, 'alternatives')}: unfused needs fused_attention: true (without it the "
             "graphs are unfused already); drop it or set fused_attention: true"
         )
+    quantization = choice("quantization", "none", QUANTIZATIONS)
+    if "int8attn" in alternatives and quantization != "int8":
+        raise ManifestError(
+            f"{_at(where, 'alternatives')}: int8attn (attention scores in int8) is not exact, so "
+            "it needs quantization: int8 (the int8 tolerance); drop it or set quantization: int8"
+        )
     return TargetManifest(
         path=path,
         name=name,
         providers=tuple(providers),
         provider_options={str(k): dict(v) for k, v in options.items()},
         precision=choice("precision", "fp32", PRECISIONS),
-        quantization=choice("quantization", "none", QUANTIZATIONS),
+        quantization=quantization,
         opset=opset,
         format=choice("format", "onnx", FORMATS),
         memory_shape=choice("memory_shape", "dynamic", MEMORY_SHAPES),

@@ -694,7 +694,7 @@ def run(
         metavar="FORM",
         help="For graphs the bundle holds in several forms (its target's alternatives, e.g. the "
         "cuda targets' memory encoder): fastest (each timed on the device when loading), main, "
-        "or a form by name (dense, unfused, gemm, layernorm). Bundles with one form per graph ignore it.",
+        "or a form by name (dense, unfused, gemm, layernorm, int8attn). Bundles with one form per graph ignore it.",
     ),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Progress bar with frames per second on stderr."

@@ -182,7 +182,7 @@ def _break_dense(case: str, entry: dict[str, Any], root: Path) -> None:
         ("tampered", "components.memory_encoder.alternatives.dense: memory_encoder.dense.onnx does not match its sha256"),
         ("outside", "points outside the bundle directory"),
         ("missing", "is missing; rebuild or re-copy the bundle"),
-        ("unknown", "unknown key(s) sparse; allowed: dense, gemm, layernorm, unfused"),
+        ("unknown", "unknown key(s) sparse; allowed: dense, gemm, int8attn, layernorm, unfused"),
         ("no_file", "alternatives.dense.file: missing (required)"),
     ],
 )

@@ -126,6 +126,16 @@ MODEL_CASES: dict[str, tuple[Edit, str, str]] = {
         "components.memory_attention.attention",
         "matmul, sdpa",
     ),
+    "int8_lowering_by_name": (  # a graph form for int8 targets, not a lowering to choose
+        _set("components.memory_attention.attention.fallback", "int8"),
+        "components.memory_attention.attention.fallback",
+        "matmul, sdpa, ort_mha",
+    ),
+    "int8_attention_type": (
+        _set("components.memory_attention.attention.int8", "yes"),
+        "components.memory_attention.attention.int8",
+        "true or false",
+    ),
     "quantization_value": (
         _set("components.image_encoder.quantization", "int4"),
         "components.image_encoder.quantization",
@@ -179,7 +189,7 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
     "memory_shape": (_set("memory_shape", "ragged"), "memory_shape", "dynamic, static"),
     "depthwise": (_set("depthwise", "separable"), "depthwise", "grouped, dense"),
     "alternatives_type": (_set("alternatives", "dense"), "alternatives", "expected a list"),
-    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm, layernorm"),
+    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm, layernorm, int8attn"),
     "alternatives_twice": (_set("alternatives", ["dense", "dense"]), "alternatives", "at most once"),
     "alternatives_dense_main": (
         lambda d: d.update(depthwise="dense", alternatives=["dense"]),
@@ -190,6 +200,11 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
         lambda d: d.update(fused_attention=False, alternatives=["unfused"]),
         "alternatives",
         "needs fused_attention: true",
+    ),
+    "alternatives_int8attn_fp32": (
+        _set("alternatives", ["int8attn"]),  # the base target (cpu) keeps fp32
+        "alternatives",
+        "needs quantization: int8",
     ),
     "processing": (_set("processing", "gpu"), "processing", "graph, host"),
     "opset_low": (_set("opset", 16), "opset", "17..20"),
@@ -222,6 +237,9 @@ def test_valid_manifests_load() -> None:
         m = load_model_manifest(REPO / "manifests" / f"{size}.yaml")
         assert m.name == size and load_model_manifest(size).path.name == f"{size}.yaml"
         assert m.tracker.kf_score_weight == (0.15 if size == "large" else 0.25)
+        # the int8attn form pays where the score matrix is large (README "Speed")
+        offered = [n for n, c in m.components.items() if c.int8_attention]
+        assert offered == ["memory_attention"]
     for target in ("cpu", "cpu-int8", "cuda", "cuda-fp16", "ort-mobile", "tensorrt"):
         assert load_target_manifest(REPO / "targets" / f"{target}.yaml").name == target
         assert load_target_manifest(target).name == target

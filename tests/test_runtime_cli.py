@@ -218,7 +218,7 @@ def test_bad_bundles(tiny_bundle: Path, clip: Path, tmp_path: Path) -> None:
         (["--threads", "0"], ("--threads",)),
         (["--max-frames", "0"], ("--max-frames",)),
         (["--fill-hole-area", "-1"], ("--fill-hole-area",)),
-        (["--forms", "densest"], ("--forms 'densest'", "fastest, main, dense, unfused, gemm, layernorm")),
+        (["--forms", "densest"], ("--forms 'densest'", "fastest, main, dense, unfused, gemm, layernorm, int8attn")),
     ],
 )
 def test_bad_options(tiny_bundle: Path, clip: Path, option: list[str], needles: tuple[str]) -> None:

@@ -72,7 +72,7 @@ def bench(
         "fastest",
         "--forms",
         help="Graphs the bundle holds in several forms (target 'alternatives'): fastest (timed "
-        "when loading), main, or a form (dense, unfused, gemm, layernorm).",
+        "when loading), main, or a form (dense, unfused, gemm, layernorm, int8attn).",
     ),
     repeats: int = typer.Option(
         3, "--repeats", help="Timed runs per component and batch size (after one warm-up)."

@@ -40,7 +40,7 @@ def validate(
         "fastest",
         "--forms",
         help="Graphs the bundle holds in several forms (target 'alternatives'): fastest (timed "
-        "when loading), main, or a form (dense, unfused, gemm, layernorm).",
+        "when loading), main, or a form (dense, unfused, gemm, layernorm, int8attn).",
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
     markdown_out: Path | None = typer.Option(

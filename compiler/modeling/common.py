@@ -12,6 +12,15 @@ manifest's ``attention`` setting):
   attention on the CPU for long sequences: it never materializes the 4096 x 28736 score matrix of
   memory attention). In PyTorch it computes the ``"matmul"`` form, so eager numbers are unchanged.
   Only for providers that implement the op (CPU, CUDA); no masks.
+- ``"int8"``: ``"matmul"`` with the query-key product in integers (``_int8_attention``): the
+  queries quantized to uint8 with one scale per call (``DynamicQuantizeLinear``), the keys to
+  int8 with one symmetric scale, ONNX Runtime's ``com.microsoft.MatMulIntegerToFloat``, then
+  softmax and the value product in fp32, 1024 queries at a time. ONNX Runtime only (CPU).
+  Not exact (an int8 target's tolerance), and the scales are per call, so objects tracked in
+  one batch share them. Why: ONNX Runtime's CPU attention kernels are fp32 only, and the score
+  product is most of memory attention's work; with VNNI the integer product runs at ~2x the
+  fp32 rate (README "Speed"). PyTorch computes the same integers, so eager and ONNX agree to
+  fp32 rounding.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTENTION_LOWERINGS = ("matmul", "sdpa", "ort_mha")
+ATTENTION_LOWERINGS = ("matmul", "sdpa", "ort_mha")  # what model manifests may name
+INT8_LOWERING = "int8"  # not a manifest choice: the int8attn graph form (int8 targets only)
+_LOWERINGS = (*ATTENTION_LOWERINGS, INT8_LOWERING)
 
 
 class MLP(nn.Module):
@@ -108,11 +119,14 @@ def attention(
         return out.reshape(b, nq, h, v.shape[3]).transpose(1, 2)
     if lowering == "ort_mha":
         lowering = "matmul"  # the fused op takes no additive mask here
-    if lowering != "matmul":
-        raise ValueError(
-            f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}"
-        )
+    if lowering not in ("matmul", INT8_LOWERING):
+        raise ValueError(f"unknown attention lowering {lowering!r}; use one of {_LOWERINGS}")
     scale = 1.0 / math.sqrt(q.shape[-1])
+    if lowering == INT8_LOWERING:
+        # the traced query count only decides where the graph's blocks start (the last block
+        # takes whatever is left), so the graph stays right for any count
+        blocks = max(1, -(-int(q.shape[-2]) // INT8_QUERY_CHUNK))
+        return _int8_attention(q * scale, k, v, mask, INT8_QUERY_CHUNK, blocks)
     logits = torch.matmul(q * scale, k.transpose(-2, -1))
     if mask is not None:
         logits = logits + mask
@@ -157,6 +171,124 @@ def _ort_mha_symbolic(g: Any, q: Any, k: Any, v: Any, num_heads: Any) -> Any:
 
 
 torch.onnx.register_custom_op_symbolic("samurai_onnx::multi_head_attention", _ort_mha_symbolic, 1)
+
+
+# The integer product is computed in fp32 by PyTorch: exact while every partial sum stays below
+# 2**24, i.e. for head dims up to 2**24 / (255 * 127) = 518 (SAM 2.1's largest is 256).
+_INT8_EXACT_DIM = 518
+_TINY = 1e-30  # keeps an all-zero key tensor's scale positive (no 0/0 in QuantizeLinear)
+
+
+def _dynamic_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX ``DynamicQuantizeLinear``: ``(x_q - zero_point, scale)`` with ``x_q`` uint8."""
+    lo = torch.clamp(x.min(), max=0.0)
+    hi = torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero tensor
+    zero = torch.clamp(torch.round(-lo / scale), 0, 255)
+    return torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero, scale
+
+
+def _symmetric_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 with one symmetric scale ``max|x| / 127`` (the graph's ``QuantizeLinear``)."""
+    scale = torch.clamp(x.abs().max(), min=_TINY) / 127.0
+    return torch.clamp(torch.round(x / scale), -127, 127), scale
+
+
+# Queries per score block: the int8 form materializes its scores (no fused kernel), so it computes
+# them for this many queries at a time, which bounds the block to 1024 x keys floats per object
+# (118 MB for memory attention's 28,736 keys instead of 470 MB for all 4096 queries). Exact: the
+# queries are quantized once, before they are split.
+INT8_QUERY_CHUNK = 1024
+
+
+def int8_operands(
+    q: torch.Tensor, k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The integer queries ``[..., Nq, D]`` and transposed keys ``[..., D, Nk]`` (as floats) and
+    the scale of their product: ``q k^T ~= (qi @ kt) * scale`` (see ``"int8"``)."""
+    if q.shape[-1] > _INT8_EXACT_DIM:
+        raise ValueError(f"int8 attention supports head dims up to {_INT8_EXACT_DIM}")
+    qi, qs = _dynamic_uint8(q)
+    ki, ks = _symmetric_int8(k)
+    return qi, ki.transpose(-2, -1), qs * ks
+
+
+@torch.library.custom_op("samurai_onnx::int8_attention", mutates_args=())
+def _int8_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    chunk: int,
+    blocks: int,
+) -> torch.Tensor:
+    """``softmax(q k^T + mask) v`` with integer scores (``int8_operands``) in ``blocks`` blocks
+    of ``chunk`` queries, the last taking the rest (``q`` already scaled by ``1/sqrt(D)``)."""
+    qi, kt, scale = int8_operands(q, k)
+    outs = []
+    for i in range(blocks):
+        rows = qi[..., i * chunk :, :] if i == blocks - 1 else qi[..., i * chunk : (i + 1) * chunk, :]
+        logits = torch.matmul(rows, kt) * scale
+        if mask is not None:
+            logits = logits + mask
+        outs.append(torch.matmul(torch.softmax(logits, dim=-1), v))
+    return torch.cat(outs, dim=-2)
+
+
+@_int8_attention.register_fake
+def _(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    chunk: int,
+    blocks: int,
+) -> torch.Tensor:
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+def _int8_attention_symbolic(
+    g: Any, q: Any, k: Any, v: Any, mask: Any, chunk: Any, blocks: Any
+) -> Any:
+    """DynamicQuantizeLinear (queries), ReduceMax/QuantizeLinear (keys) once; then per block of
+    queries (a Slice) ONNX Runtime's ``com.microsoft.MatMulIntegerToFloat`` (the integer product
+    and both scales), the mask, Softmax and the value MatMul; the blocks concatenated."""
+    from torch.onnx import symbolic_helper
+
+    rank = symbolic_helper._get_tensor_rank(q)
+    if rank is None:
+        raise ValueError("int8 attention needs queries of known rank")
+    step = int(symbolic_helper._maybe_get_const(chunk, "i"))
+    count = int(symbolic_helper._maybe_get_const(blocks, "i"))
+
+    def const(value: Any, dtype: torch.dtype = torch.int64) -> Any:
+        return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+    qq, qs, qz = g.op("DynamicQuantizeLinear", q, outputs=3)
+    top = g.op("ReduceMax", g.op("Abs", k), keepdims_i=0)
+    ks = g.op("Div", g.op("Max", top, const(_TINY, torch.float32)), const(127.0, torch.float32))
+    kq = g.op("QuantizeLinear", k, ks, const(0, torch.int8))
+    kt = g.op("Transpose", kq, perm_i=[*range(rank - 2), rank - 1, rank - 2])
+    outs = []
+    for i in range(count):
+        end = 2**62 if i == count - 1 else (i + 1) * step  # the last block: the rest
+        block = (
+            qq if count == 1
+            else g.op("Slice", qq, const([i * step]), const([end]), const([rank - 2]))
+        )  # fmt: skip
+        # (block - qz) @ kt * qs * ks in one kernel (ONNX Runtime's own fusion of MatMulInteger,
+        # Cast and Mul does not fire behind the Slice: the blocks then took 1.44 s, not 1.19 s)
+        logits = g.op("com.microsoft::MatMulIntegerToFloat", block, kt, qs, ks, qz)
+        if not symbolic_helper._is_none(mask):
+            logits = g.op("Add", logits, mask)
+        outs.append(g.op("MatMul", g.op("Softmax", logits, axis_i=-1), v))
+    return outs[0] if count == 1 else g.op("Concat", *outs, axis_i=rank - 2)
+
+
+torch.onnx.register_custom_op_symbolic(
+    "samurai_onnx::int8_attention", _int8_attention_symbolic, 1
+)
 
 
 class Attention(nn.Module):
@@ -208,10 +340,8 @@ class Attention(nn.Module):
 
 def set_attention_lowering(module: nn.Module, lowering: str) -> None:
     """Set how every attention layer inside ``module`` is lowered (see the module docstring)."""
-    if lowering not in ATTENTION_LOWERINGS:
-        raise ValueError(
-            f"unknown attention lowering {lowering!r}; use one of {ATTENTION_LOWERINGS}"
-        )
+    if lowering not in _LOWERINGS:
+        raise ValueError(f"unknown attention lowering {lowering!r}; use one of {_LOWERINGS}")
     for sub in module.modules():
         if hasattr(sub, "lowering"):
             setattr(sub, "lowering", lowering)  # noqa: B010 (nn.Module's __setattr__ typing)

@@ -49,7 +49,7 @@ def export_graph(
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
-            # the fused attention lowering emits com.microsoft.MultiHeadAttention
+            # fused attention emits com.microsoft.MultiHeadAttention, int8 MatMulIntegerToFloat
             custom_opsets={"com.microsoft": 1} if _uses_contrib_ops(wrapper) else None,
         )
     _set_output_shapes(out, graph)
@@ -72,4 +72,5 @@ def _set_output_shapes(path: Path, graph: GraphContract) -> None:
 
 
 def _uses_contrib_ops(wrapper: nn.Module) -> bool:
-    return any(getattr(m, "lowering", None) == "ort_mha" for m in wrapper.modules())
+    """MultiHeadAttention (``ort_mha``) and MatMulIntegerToFloat (``int8``) are contrib ops."""
+    return any(getattr(m, "lowering", None) in ("ort_mha", "int8") for m in wrapper.modules())

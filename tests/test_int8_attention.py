@@ -1,0 +1,213 @@
+"""The ``int8`` attention lowering (query-key product in integers): PyTorch and its ONNX graph
+compute the same numbers, the numbers stay within the quantization error of fp32 attention,
+memory attention with it stays close to the oracle, and the ``int8attn`` graph form is built
+where the model manifest offers it, checked, and tracks like the main form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from conftest import _small_manifest, requires_oracle
+
+from samurai_onnx.compiler.build import PassReport, compile_bundle
+from samurai_onnx.compiler.evaluate.bench import FULL_BANK
+from samurai_onnx.compiler.evaluate.metrics import mask_iou
+from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_frames
+from samurai_onnx.compiler.modeling import common
+from samurai_onnx.compiler.modeling.common import (
+    INT8_QUERY_CHUNK,
+    attention,
+    int8_operands,
+    set_attention_lowering,
+)
+from samurai_onnx.compiler.modeling.memory_attention import fold_value_projections
+from samurai_onnx.runtime.bundle import load_bundle
+from samurai_onnx.runtime.tracker import Tracker
+
+
+class _Attend(torch.nn.Module):
+    def __init__(self, lowering: str) -> None:
+        super().__init__()
+        self.lowering = lowering
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v, lowering=self.lowering)
+
+
+def _qkv(seed: int, nk: int = 700, d: int = 64, nq: int = 96) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 1, nq, d, generator=g)
+    k = torch.randn(2, 1, nk, d, generator=g) * 3.0
+    v = torch.randn(2, 1, nk, 16, generator=g)
+    return q, k, v
+
+
+def _export(tmp_path: Path) -> Path:
+    path = tmp_path / "int8.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            _Attend("int8"), _qkv(0), str(path), input_names=["q", "k", "v"],
+            output_names=["o"], opset_version=17, dynamo=False,
+            custom_opsets={"com.microsoft": 1},
+            dynamic_axes={"q": {2: "queries"}, "k": {2: "keys"}, "v": {2: "keys"}},
+        )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("chunk", [INT8_QUERY_CHUNK, 40])
+def test_the_graph_computes_what_pytorch_computes(
+    chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exported: each block of ``chunk`` queries (96 = 40 + 40 + 16, the last block a Slice to the
+    end) gets one MatMulIntegerToFloat and one value MatMul; ONNX Runtime gives PyTorch's numbers
+    to fp32 rounding, for other key and query counts than the traced ones; and blocks change
+    nothing (the queries are quantized before they are split)."""
+    with torch.no_grad():
+        whole = _Attend("int8")(*_qkv(1, nk=1234))
+    monkeypatch.setattr(common, "INT8_QUERY_CHUNK", chunk)
+    path = _export(tmp_path)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    blocks = -(-96 // chunk)
+    assert ops.count("MatMulIntegerToFloat") == blocks and ops.count("MatMul") == blocks
+    assert ops.count("Slice") == (blocks if blocks > 1 else 0)
+    assert ops.count("DynamicQuantizeLinear") == 1
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for nq in (96, 130, 50):  # the traced count, more and fewer (the last block takes the rest)
+        q, k, v = _qkv(1, nk=1234, nq=nq)
+        got = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
+        with torch.no_grad():
+            want = _Attend("int8")(q, k, v)
+        assert got.shape == want.shape
+        assert np.abs(got - want.numpy()).max() <= 1e-5 * float(want.abs().max()), nq
+        if nq == 96:
+            assert float((want - whole).abs().max()) <= 1e-6 * float(whole.abs().max())
+
+
+def test_int8_scores_are_fp32_scores_within_the_quantization_step() -> None:
+    """Each score moves by at most what rounding q (step s_q) and k (step s_k) can move it:
+    |dq.k| + |q.dk| + |dq.dk| <= D (s_q/2 max|k| + s_k/2 max|q| + s_q s_k / 4); and attention
+    outputs stay within a few percent of fp32 attention."""
+    q, k, v = _qkv(2)
+    d = q.shape[-1]
+    exact = q @ k.transpose(-2, -1)
+    qi, kt, scale = int8_operands(q, k)
+    got = (qi @ kt) * scale
+    s_q = float(q.max() - q.min()) / 255
+    s_k = float(k.abs().max()) / 127
+    bound = d * (s_q / 2 * float(k.abs().max()) + s_k / 2 * float(q.abs().max()) + s_q * s_k / 4)
+    assert float((got - exact).abs().max()) <= bound
+    assert float((got - exact).abs().max()) <= 0.02 * float(exact.abs().max())
+    with torch.no_grad():
+        ref = _Attend("matmul")(q, k, v)
+        out = _Attend("int8")(q, k, v)
+    assert float((out - ref).abs().max()) <= 0.05 * float(ref.abs().max())
+    assert float((out - ref).abs().max()) > 0  # not exact: it is the int8 path that ran
+
+
+def test_zero_keys_and_wide_heads() -> None:
+    """All-zero keys give zero scores (uniform attention, as in fp32) instead of 0/0; head dims
+    above 518 would leave the exact range of the fp32 integer product and are refused."""
+    q, k, v = _qkv(3)
+    k = torch.zeros_like(k)
+    with torch.no_grad():
+        out = _Attend("int8")(q, k, v)
+        ref = _Attend("matmul")(q, k, v)
+    assert torch.isfinite(out).all() and torch.allclose(out, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="head dims up to 518"):
+        int8_operands(torch.ones(1, 2, 520), torch.ones(1, 3, 520))
+
+
+@requires_oracle
+def test_memory_attention_with_int8_scores_follows_the_oracle(
+    tiny_oracle: Any, tiny_checkpoint: Path
+) -> None:
+    """SAM 2.1's memory attention (random tiny weights, 16x16 grid, 7 memories and 8 pointer
+    tokens) with every score product in int8 against SAMURAI's PyTorch code: a few percent of
+    the output's range; the same module in fp32 is exact (test_modeling_memory)."""
+    from test_modeling_memory import _load, _ma_inputs, _max_err, _oracle_ma, _small_grid_ma
+
+    ma = _load(_small_grid_ma(16), tiny_checkpoint, "memory_attention.")
+    fold_value_projections(ma)
+    set_attention_lowering(ma, "int8")
+    inputs = _ma_inputs(7, 8, hw=16 * 16, seed=11)
+    with torch.no_grad():
+        ref = _oracle_ma(tiny_oracle, inputs)
+        out = ma(*inputs)
+    err, scale = _max_err(out, ref), float(ref.abs().max())
+    assert 0 < err <= 0.03 * scale, f"int8 scores: max abs error {err:.3g} of {scale:.3g}"
+
+
+REPORTS: list[PassReport] = []
+
+
+@pytest.fixture(scope="module")
+def int8attn_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny256 model for the shipped cpu-int8 target (``alternatives: [int8attn]``)."""
+    tmp = tmp_path_factory.mktemp("int8attn")
+    manifest = _small_manifest(tmp / "tiny-256.yaml", 256)
+    return compile_bundle(
+        manifest, "cpu-int8", checkpoint=tiny_checkpoint, out_dir=tmp / "b",
+        on_pass=REPORTS.append,
+    )  # fmt: skip
+
+
+def test_the_form_is_built_where_the_model_manifest_offers_it(int8attn_bundle: Path) -> None:
+    """Built for memory attention only (``attention.int8`` in the model manifest), checked
+    against PyTorch at the int8 tolerance from its export on, its weights quantized too."""
+    header = yaml.safe_load((int8attn_bundle / "bundle.yaml").read_text())
+    assert header["target"]["alternatives"] == ["int8attn"]
+    built = {n: sorted(c.get("alternatives", {})) for n, c in header["components"].items()}
+    assert [n for n, forms in built.items() if forms] == ["memory_attention"]
+    entry = header["components"]["memory_attention"]
+    alt = entry["alternatives"]["int8attn"]
+    ops = [n.op_type for n in onnx.load(str(int8attn_bundle / alt["file"])).graph.node]
+    main = [n.op_type for n in onnx.load(str(int8attn_bundle / entry["file"])).graph.node]
+    # every attention's scores in integers (4 layers: self and cross), the weights' products too
+    assert ops.count("DynamicQuantizeLinear") > 8 and ops.count("MatMulIntegerToFloat") >= 8
+    assert "MultiHeadAttention" in main and "MultiHeadAttention" not in ops
+    assert alt["precision"] == "int8" and entry["tolerance"] == 5.0
+    assert 0 < max(alt["max_abs_error"].values()) <= entry["tolerance"]
+    exported = [r for r in REPORTS if r.component == "memory_attention/int8attn"]
+    assert [r.name for r in exported] == ["export", "simplify", "int8"]
+    assert all(r.tolerance == 5.0 for r in exported)  # judged as int8 before quantizing
+
+
+def test_tracking_with_int8_scores_stays_with_the_main_form(int8attn_bundle: Path) -> None:
+    """Four synthetic frames with the full-bank settings: the int8attn form's masks overlap the
+    main form's (int8 weights, fp32 attention) at IoU >= 0.99 (measured: >= 0.9975 over 8
+    frames), and the engine line names it."""
+    clip, box = synthetic_frames(4), list(synthetic_box())
+    results = {}
+    for forms in ("main", "int8attn"):
+        bundle = load_bundle(int8attn_bundle)
+        tracker = Tracker(bundle, num_frames=4, overrides=FULL_BANK, forms=forms)
+        first = tracker.start(clip[0], [box])[0]
+        results[forms] = [first, *(tracker.step(f)[0] for f in clip[1:])]
+    assert "memory_attention: int8attn" in tracker.describe()
+    for a, b in zip(results["main"], results["int8attn"], strict=True):
+        assert mask_iou(a.mask, b.mask) >= 0.99
+
+
+def test_objects_tracked_together_stay_close_to_tracked_alone(int8attn_bundle: Path) -> None:
+    """Dynamic int8 scales are per call, so in a batch the objects share them: an object's masks
+    move a little with the objects tracked beside it, in both forms of an int8 bundle (weights'
+    activations and, in int8attn, the scores; README "Speed"). Measured here: IoU >= 0.998."""
+    clip, box = synthetic_frames(4), list(synthetic_box())
+    ball = [300.0, 220.0, 60.0, 60.0]  # the red disc of the synthetic scene
+
+    def track(boxes: list[list[float]], forms: str) -> list[list[Any]]:
+        tracker = Tracker(load_bundle(int8attn_bundle), num_frames=4, forms=forms)
+        return [tracker.start(clip[0], boxes), *(tracker.step(f) for f in clip[1:])]
+
+    for forms in ("main", "int8attn"):
+        together = track([box, ball], forms)
+        for i, alone in enumerate((track([box], forms), track([ball], forms))):
+            ious = [mask_iou(t[i].mask, a[0].mask) for t, a in zip(together, alone, strict=True)]
+            assert min(ious) >= 0.99, (forms, i, ious)
