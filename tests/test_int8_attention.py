@@ -90,6 +90,39 @@ def test_the_graph_computes_what_pytorch_computes(
             assert float((want - whole).abs().max()) <= 1e-6 * float(whole.abs().max())
 
 
+class _AttendMasked(torch.nn.Module):
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        return attention(q, k, v, mask=mask, lowering="int8")
+
+
+def test_an_additive_key_mask_reaches_every_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Padded (static) memories come with an additive key mask; the int8 graph adds it to each
+    block's scores as PyTorch does, and masked keys get no weight."""
+    monkeypatch.setattr(common, "INT8_QUERY_CHUNK", 40)
+    q, k, v = _qkv(4)
+    mask = torch.zeros(1, 1, 1, k.shape[2])
+    mask[..., -200:] = -1e4
+    path = tmp_path / "masked.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            _AttendMasked(), (q, k, v, mask), str(path), input_names=["q", "k", "v", "mask"],
+            output_names=["o"], opset_version=17, dynamo=False,
+            custom_opsets={"com.microsoft": 1},
+        )  # fmt: skip
+        want = _AttendMasked()(q, k, v, mask)
+        v_off = v.clone()
+        v_off[:, :, -200:] = 1e3  # values of masked keys: no effect when their weight is 0
+        assert torch.allclose(_AttendMasked()(q, k, v_off, mask), want)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "mask": mask.numpy()}
+    got = session.run(None, feeds)[0]
+    assert np.abs(got - want.numpy()).max() <= 1e-5 * float(want.abs().max())
+
+
 def test_int8_scores_are_fp32_scores_within_the_quantization_step() -> None:
     """Each score moves by at most what rounding q (step s_q) and k (step s_k) can move it:
     |dq.k| + |q.dk| + |dq.dk| <= D (s_q/2 max|k| + s_k/2 max|q| + s_q s_k / 4); and attention
