@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cpu-openvino target's "done when" on a machine with AMX, in one prepared run (2 threads for
-# every timing): compile tiny for cpu-openvino (checks in bf16 on OpenVINO), samurai-bench against
-# the PyTorch reference (--frames 20), samurai-validate on the shared clips (--frames 20),
+# every timing): compile tiny for cpu-openvino (checks in bf16 on OpenVINO) and cpu-int8 (INT8=1),
+# samurai-bench of both against the PyTorch reference (--frames 20), samurai-validate on the shared clips (--frames 20),
 # scripts/compare_engines.py (ONNX Runtime fp32 vs OpenVINO f32 vs bf16, per graph), and the same
 # bundle end to end on ONNX Runtime; first (VARIANTS=1, the default) memory attention built
 # with its value projection unfolded, timed beside the bundle's. Results (Markdown, JSON, logs) go to $OUT.
@@ -65,6 +65,17 @@ timeout 300 $PY -m samurai_onnx.compiler.cli tiny --target cpu-openvino --checkp
 log "compile rc=$? ($(tail -1 "$OUT/compile.txt"))"
 [ -f $B/bundle.yaml ] || { log "no bundle"; exit 1; }
 cp $B/bundle.yaml "$OUT/bundle-cpu-openvino.yaml"
+# cpu-int8 beside it (INT8=1, the default): ONNX Runtime's int8 GEMMs (the weights' and, in the
+# int8attn form, memory attention's scores: uint8 x int8) have AMX kernels in MLAS, so on AMX it
+# may beat OpenVINO bf16; the bench times it against the same reference (--compare).
+I8=/tmp/amx/b/tiny-cpu-int8
+if [ "${INT8:-1}" = 1 ] && [ "$(left)" -gt 300 ]; then
+  timeout 200 $PY -m samurai_onnx.compiler.cli tiny --target cpu-int8 --checkpoint $CK --out $I8 \
+    > "$OUT/compile-cpu-int8.txt" 2>&1
+  log "compile cpu-int8 rc=$? ($(tail -1 "$OUT/compile-cpu-int8.txt"))"
+fi
+COMPARE=()
+[ -f $I8/bundle.yaml ] && COMPARE=(--compare $I8)
 if [ "${VARIANTS:-1}" = 1 ] && [ "$(left)" -gt 400 ]; then
   # Memory attention, the bf16 bottleneck (2.13 s vs the image encoder's 0.86 s on AMX): the
   # bundle's graph (fused MultiHeadAttention, value projection folded: q/k head 256, v head 64)
@@ -92,8 +103,8 @@ EOF2
   done
 fi
 if [ "$(left)" -gt 200 ]; then
-  timeout $(($(left) - 60)) $PY -m samurai_onnx.compiler.evaluate.bench_cli $B --checkpoint $CK \
-    --frames 20 --repeats 3 --threads 2 --json "$OUT/bench-cpu-openvino.json" \
+  timeout $(($(left) - 60)) $PY -m samurai_onnx.compiler.evaluate.bench_cli $B ${COMPARE[@]+"${COMPARE[@]}"} \
+    --checkpoint $CK --frames 20 --repeats 3 --threads 2 --json "$OUT/bench-cpu-openvino.json" \
     --markdown "$OUT/bench-cpu-openvino.md" > "$OUT/bench-cpu-openvino.txt" 2>&1
   log "bench cpu-openvino rc=$?"
 fi
