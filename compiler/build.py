@@ -212,6 +212,11 @@ def _build_model_graph(
         if not spec.int8_attention:
             return None
         lowering = INT8_LOWERING
+
+    def judged(precision: str) -> str:
+        """int8 attention is not exact from the export on: its fp32 files are judged as int8."""
+        return "int8" if form == "int8attn" and precision == "fp32" else precision
+
     dense_from: Path | None = None
     if form in ("dense", "gemm"):
         assert main is not None and main.plain is not None, "made from the main form's graph"
@@ -249,9 +254,7 @@ def _build_model_graph(
         for a file that does not ship (the raw export, when simplify follows: OpenVINO takes
         minutes to compile the unsimplified image encoder and seconds for the simplified one)."""
         checker = engine if shipped else None
-        # int8 attention is not exact from the export on: judged as int8 (targets with it quantize)
-        if form == "int8attn" and precision == "fp32":
-            precision = "int8"
+        precision = judged(precision)
         # the tolerance of what runs: an fp32 file runs in bf16 on OpenVINO with a bf16 hint
         runs_at = checker.run_precision(name, precision) if checker else precision
         tol = spec.tolerance.get(runs_at, 1e-4)
@@ -308,8 +311,7 @@ def _build_model_graph(
         src, qs = path, spec.quantization
         path = step("int8", "int8", lambda: quantize_int8(src, work / f"{stem}.int8.onnx", qs))
         precision = "int8" if precision == "fp32" else f"{precision}+int8"
-    if form == "int8attn" and precision == "fp32":  # a component the manifest keeps unquantized
-        precision = "int8"
+    precision = judged(precision)  # int8attn in a component the manifest keeps unquantized
     onnx_path = path
     if target.format == "ort":
         src = path

@@ -19,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from samurai_onnx.compiler.modeling.common import INT8_LOWERING
 from samurai_onnx.runtime.contract import GraphContract
 
 
@@ -73,4 +74,4 @@ def _set_output_shapes(path: Path, graph: GraphContract) -> None:
 
 def _uses_contrib_ops(wrapper: nn.Module) -> bool:
     """MultiHeadAttention (``ort_mha``) and MatMulIntegerToFloat (``int8``) are contrib ops."""
-    return any(getattr(m, "lowering", None) in ("ort_mha", "int8") for m in wrapper.modules())
+    return any(getattr(m, "lowering", None) in ("ort_mha", INT8_LOWERING) for m in wrapper.modules())
