@@ -30,8 +30,15 @@ import numpy as np
 from samurai_onnx.runtime.bundle import PROCESSING, Bundle, BundleError
 from samurai_onnx.runtime.contract import ContractError, contract, steady_state_feeds
 from samurai_onnx.runtime.engine import Engine, EngineError, GraphSession
-from samurai_onnx.runtime.engine.forms import MAIN, FormCache, FormChoice, check_forms, fastest_form
-from samurai_onnx.runtime.host import cache_root, machine
+from samurai_onnx.runtime.engine.forms import (
+    MAIN,
+    FormCache,
+    FormChoice,
+    check_forms,
+    fastest_form,
+    forms_not_run,
+)
+from samurai_onnx.runtime.host import cache_root, int8_saturates_here, machine
 from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame, upsample_mask_logits
 
 log = logging.getLogger(__name__)
@@ -177,11 +184,17 @@ class SamuraiGraphs:
     def _load(self, name: str, spec: Any, forms: str) -> GraphSession:
         """``name``'s session in the form ``forms`` asks for (see the module's docstring)."""
         info = self.bundle.components[name]
-        alternatives = info.alternatives
-        if forms in alternatives:
+        skipped = forms_not_run(list(info.alternatives), self.engine.name, int8_saturates_here())
+        if forms in info.alternatives:
+            if forms in skipped:  # asked for by name: it runs, with the reason said
+                log.warning("%s: the %s form runs although %s", name, forms, skipped[forms])
             self.forms[name] = FormChoice(name, forms)
             return self.engine.load(self.bundle.file(name, forms), spec)
+        alternatives = {f: a for f, a in info.alternatives.items() if f not in skipped}
         if not alternatives or forms != "fastest":  # main, or a form this graph does not have
+            if skipped:
+                self.forms[name] = FormChoice(name, MAIN, skipped=skipped)
+                log.info("graph form %s", self.forms[name].line())
             return self.engine.load(self.bundle.file(name), spec)
         files = {MAIN: self.bundle.file(name), **{f: self.bundle.file(name, f) for f in alternatives}}
         feeds = steady_state_feeds(name, 1, self.geometry, self.static and name == "memory_attention")
@@ -194,6 +207,7 @@ class SamuraiGraphs:
         session, self.forms[name] = fastest_form(
             self.engine, spec, files, feeds, cache=cache, key=key, tolerance=info.tolerance
         )
+        self.forms[name].skipped.update(skipped)
         return session
 
     def check_attention_kernels(self) -> str | None:

@@ -28,8 +28,17 @@ from samurai_onnx.compiler.modeling.common import (
     set_attention_lowering,
 )
 from samurai_onnx.compiler.modeling.memory_attention import fold_value_projections
+from samurai_onnx.runtime import graphs
 from samurai_onnx.runtime.bundle import load_bundle
+from samurai_onnx.runtime.engine.forms import forms_not_run
+from samurai_onnx.runtime.host import int8_saturates_here
 from samurai_onnx.runtime.tracker import Tracker
+
+# ONNX Runtime computes PyTorch's integers only where its uint8 x int8 kernel does not saturate
+# (VNNI, AMX, ARM); elsewhere the loader does not run the form (forms_not_run).
+exact_int8_kernels = pytest.mark.skipif(
+    int8_saturates_here(), reason="uint8 x int8 products saturate on this CPU (no VNNI/AMX)"
+)
 
 
 class _Attend(torch.nn.Module):
@@ -63,6 +72,7 @@ def _export(tmp_path: Path) -> Path:
     return path
 
 
+@exact_int8_kernels
 @pytest.mark.parametrize("chunk", [INT8_QUERY_CHUNK, 40])
 def test_the_graph_computes_what_pytorch_computes(
     chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -92,6 +102,7 @@ def test_the_graph_computes_what_pytorch_computes(
             assert float((want - whole).abs().max()) <= 1e-6 * float(whole.abs().max())
 
 
+@exact_int8_kernels
 def test_an_additive_key_mask_reaches_every_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,6 +232,27 @@ def test_tracking_with_int8_scores_stays_with_the_main_form(int8attn_bundle: Pat
     assert "memory_attention: int8attn" in tracker.describe()
     for a, b in zip(results["main"], results["int8attn"], strict=True):
         assert mask_iou(a.mask, b.mask) >= 0.99
+
+
+def test_the_form_is_not_run_where_its_products_saturate(
+    int8attn_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a CPU whose uint8 x int8 kernel saturates (x86 without VNNI or AMX; pretended here on
+    any CPU) the loader runs the main form without timing int8attn, and the engine line says
+    why; asked for by name, the form runs with a warning. Other engines and exact CPUs: all
+    forms are candidates."""
+    assert forms_not_run(["int8attn"], "onnxruntime", saturates=False) == {}
+    assert forms_not_run(["int8attn"], "openvino", saturates=True) == {}
+    assert forms_not_run(["unfused", "dense"], "onnxruntime", saturates=True) == {}
+    monkeypatch.setenv("SAMURAI_ONNX_CACHE", str(int8attn_bundle.parent / "cache"))
+    monkeypatch.setattr(graphs, "int8_saturates_here", lambda: True)
+    tracker = Tracker(load_bundle(int8attn_bundle), num_frames=2)
+    assert "memory_attention: main (int8attn not run: uint8 x int8 products saturate" in (
+        tracker.describe()
+    )
+    assert not (int8attn_bundle.parent / "cache" / "forms.json").exists()  # nothing was timed
+    Tracker(load_bundle(int8attn_bundle), num_frames=2, forms="int8attn")
+    assert "the int8attn form runs although uint8 x int8 products saturate" in caplog.text
 
 
 def test_objects_tracked_together_stay_close_to_tracked_alone(int8attn_bundle: Path) -> None:

@@ -94,11 +94,13 @@ class FormChoice:
     cached: bool = False
     failed: list[str] = field(default_factory=list)  # forms that would not load or run here
     off: dict[str, float] = field(default_factory=dict)  # forms too far from the CPU (max abs)
+    skipped: dict[str, str] = field(default_factory=dict)  # forms not run here, and why
 
     def line(self) -> str:
         """e.g. ``memory_encoder: dense (1.2 ms; main 9.5 ms)``."""
+        not_run = [f"{f} not run: {why}" for f, why in self.skipped.items()]
         if not self.seconds:
-            return f"{self.graph}: {self.chosen}"
+            return f"{self.graph}: {self.chosen}" + (f" ({'; '.join(not_run)})" if not_run else "")
 
         def ms(form: str) -> str:
             value = self.seconds[form] * 1e3
@@ -106,8 +108,28 @@ class FormChoice:
 
         others = [f"{f} {ms(f)}" for f in self.seconds if f != self.chosen]
         others += [f"{f} off by {self.off[f]:.3g}" if f in self.off else f"{f} failed" for f in self.failed]
+        others += not_run
         cached = ", cached" if self.cached else ""
         return f"{self.graph}: {self.chosen} ({'; '.join([ms(self.chosen), *others])}{cached})"
+
+
+INT8_SCORES = "int8attn"  # the form whose score products are uint8 x int8 at run time
+
+
+def forms_not_run(forms: Sequence[str], engine: str, saturates: bool) -> dict[str, str]:
+    """Which of a graph's ``forms`` not to consider on this host, and why (empty: all).
+
+    ``int8attn`` on ONNX Runtime where its uint8 x int8 products can saturate (``saturates``:
+    ``host.int8_saturates_here``, x86 without VNNI or AMX): its keys are int8 at run time, so
+    ONNX Runtime's exact path (which rewrites constant weights) cannot reach them, and its
+    scores would not be the integers the compiler checked (an AVX2-only EPYC: up to 6e-4 of the
+    outputs' range off in the tests here, far more on adversarial inputs). Keys in [-63, 63]
+    would fit but cost a bit of resolution: the attention error on the tests' data grew from
+    2.5% to 6.5%. The main form runs there instead, with its int8 weights exact.
+    """
+    if INT8_SCORES in forms and engine == "onnxruntime" and saturates:
+        return {INT8_SCORES: "uint8 x int8 products saturate on this CPU (no VNNI/AMX)"}
+    return {}
 
 
 class FormCache:

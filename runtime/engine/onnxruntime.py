@@ -25,6 +25,7 @@ import onnxruntime as ort
 from samurai_onnx.runtime.contract import GraphContract, ort_signature
 from samurai_onnx.runtime.engine.base import Engine, EngineError, EngineSettings, GraphSession
 from samurai_onnx.runtime.engine.captured import CapturedRuns, ort_value
+from samurai_onnx.runtime.host import int8_saturates_here
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,25 @@ def _option_text(key: str, value: Any) -> str:
 
 
 def session_options(
-    threads: int | None = None, *, profile_prefix: str | None = None, optimize: bool = True
+    threads: int | None = None,
+    *,
+    profile_prefix: str | None = None,
+    optimize: bool = True,
+    exact_int8: bool = True,
 ) -> Any:
     """Session options used for every graph: full graph optimization (``optimize=False``: none,
-    for telling a fusion's numbers from a kernel's), ``threads`` intra-op."""
+    for telling a fusion's numbers from a kernel's), ``threads`` intra-op.
+
+    On x86 CPUs without VNNI or AMX (``host.u8s8_saturates``), ``session.x64quantprecision``:
+    ONNX Runtime then rewrites constant int8 weights as uint8 (a graph optimization, so not with
+    ``optimize=False``) and runs its exact uint8 x uint8 kernels instead of the saturating
+    uint8 x int8 ones. Not set on VNNI/AMX CPUs, where the uint8 x int8 kernels are exact and
+    faster (ONNX Runtime would rewrite there too). ``exact_int8=False`` leaves it out (see
+    ``create_session``).
+    """
     opts = ort.SessionOptions()
+    if exact_int8 and int8_saturates_here():
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if optimize
@@ -123,7 +138,10 @@ def session_options(
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
-    opts.log_severity_level = 3
+    # errors only; fatal only where the exact int8 path is on: a graph it cannot rewrite is
+    # retried without it (create_session), and ONNX Runtime's own error line would only repeat
+    # the warning given then
+    opts.log_severity_level = 4 if exact_int8 and int8_saturates_here() else 3
     return opts
 
 
@@ -143,12 +161,32 @@ def create_session(
     """
     pairs = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in providers]
     chosen = resolve_providers(pairs)
-    session = ort.InferenceSession(
-        path if isinstance(path, bytes) else str(path),
-        sess_options=session_options(threads, profile_prefix=profile_prefix, optimize=optimize),
-        providers=[p for p, _ in chosen],
-        provider_options=[{k: _option_text(k, v) for k, v in o.items()} for _, o in chosen],
-    )
+
+    def open_session(exact_int8: bool) -> ort.InferenceSession:
+        return ort.InferenceSession(
+            path if isinstance(path, bytes) else str(path),
+            sess_options=session_options(
+                threads, profile_prefix=profile_prefix, optimize=optimize, exact_int8=exact_int8
+            ),
+            providers=[p for p, _ in chosen],
+            provider_options=[{k: _option_text(k, v) for k, v in o.items()} for _, o in chosen],
+        )
+
+    try:
+        session = open_session(True)
+    except Exception as exc:  # ONNX Runtime's own exception types are not importable by name
+        if not (int8_saturates_here() and _SHARED_INT8_WEIGHT in str(exc)):
+            raise
+        # int8 weights shared by two matmuls, as bundles compiled before the quantize pass gave
+        # each its own copy (compiler/passes/quantize.py) have them: ONNX Runtime's exact path
+        # cannot rewrite them. Run as before, saturating, and say how to fix it.
+        log.warning(
+            "%s: int8 weights shared between matmuls (a bundle compiled by an older "
+            "samurai-compile) keep ONNX Runtime's exact int8 path off, so its int8 products may "
+            "saturate on this CPU (no VNNI/AMX); recompile the bundle with samurai-compile",
+            "a model" if isinstance(path, bytes) else Path(path).name,
+        )
+        session = open_session(False)
     used = session.get_providers()
     if chosen[0][0] != "CPUExecutionProvider" and used[0] != chosen[0][0]:
         log.warning(
@@ -158,6 +196,10 @@ def create_session(
             used[0],
         )
     return session
+
+
+# ONNX Runtime's load error where its exact int8 path meets a weight shared by two matmuls.
+_SHARED_INT8_WEIGHT = "Attempt to replace the existing tensor"
 
 
 def one_line(exc: BaseException) -> str:
@@ -347,4 +389,6 @@ class OrtEngine(Engine):
         if self.cuda_graph:
             refused = f" except {', '.join(self.uncaptured)}" if self.uncaptured else ""
             mode = f"; CUDA graphs{refused}"
+        if int8_saturates_here():  # which int8 kernels run (session_options)
+            mode += "; int8 products exact (uint8 x uint8: no VNNI/AMX)"
         return f"onnxruntime {ort.__version__} ({names}), values on {self.device}{threads}{mode}"
