@@ -15,6 +15,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from samurai_onnx.compiler.manifest import CheckpointSpec, ModelManifest
@@ -254,7 +255,15 @@ def randomize_state_dict(
     whole network: mask logits then have a std of ~2, candidates differ, and masks cover
     40-60% of the frame, so numerical errors and wrong candidate choices show up.
     """
-    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    def randn(shape: torch.Size) -> torch.Tensor:
+        # numpy's generator, not torch.randn: torch's normal sampler is vectorized per CPU
+        # capability (ATEN_CPU_CAPABILITY: default and avx2 gave values up to 1.9e-6 apart for
+        # one seed), so the "same" random checkpoint, and what was measured on it, differed
+        # between machines
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+
     out: dict[str, torch.Tensor] = {}
     for key, value in template.items():
         if not value.is_floating_point():
@@ -262,16 +271,16 @@ def randomize_state_dict(
             continue
         shape = value.shape
         if any(m in key for m in _EMBEDDING_MARKERS):
-            new = torch.randn(shape, generator=gen) * 0.02
+            new = randn(shape) * 0.02
         elif value.ndim >= 2 and "positional_encoding_gaussian_matrix" not in key:
             fan_in = max(1, value[0].numel())
-            new = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+            new = randn(shape) / math.sqrt(fan_in)
         elif key.endswith("bias"):
-            new = torch.randn(shape, generator=gen) * 0.02
+            new = randn(shape) * 0.02
         elif value.ndim == 1 and key.endswith("weight"):
-            new = 1.0 + 0.1 * torch.randn(shape, generator=gen)  # norm scales, layer scales
+            new = 1.0 + 0.1 * randn(shape)  # norm scales, layer scales
         else:
-            new = torch.randn(shape, generator=gen)
+            new = randn(shape)
         out[key] = new.to(value.dtype)
     return out
 

@@ -279,3 +279,24 @@ def test_cache_dir_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_good_checkpoint_loads(tiny_checkpoint: Path) -> None:
     state = read_state_dict(tiny_checkpoint, load_model_manifest(TINY))
     assert "image_encoder.trunk.patch_embed.proj.weight" in state
+
+
+def test_random_weights_do_not_depend_on_the_cpu() -> None:
+    """The seeded random weights are the same numbers under every CPU capability of PyTorch's
+    kernels (torch.randn's were not: default and avx2 differed by up to 1.9e-6), so a random
+    checkpoint, and every number measured on it, is the same on every machine."""
+    code = (
+        "import hashlib, torch\n"
+        "from samurai_onnx.compiler.checkpoint import randomize_state_dict\n"
+        "t = {'a.weight': torch.zeros(64, 300), 'a.bias': torch.zeros(300), 'n.weight': torch.zeros(999)}\n"
+        "out = randomize_state_dict(t, seed=3)\n"
+        "print(hashlib.sha256(b''.join(out[k].numpy().tobytes() for k in sorted(out))).hexdigest())\n"
+    )
+    digests = set()
+    for capability in ("default", "avx2"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        run = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1
