@@ -112,7 +112,9 @@ def test_synthetic_clip_matches_oracle_with_hole_filling(
     overrides = {"stable_frames_threshold": 3, "memory_bank_iou_threshold": 0.485}
     rows = _compare(tiny_bundle, tiny_checkpoint, frames, SYNTHETIC_BOX, n, overrides, 8)
     coverage = [float(r["coverage"]) for r in rows[1:]]  # type: ignore[arg-type]
-    assert 0.01 < min(coverage) and max(coverage) < 0.5, f"degenerate masks: coverage {coverage}"
+    # non-empty, non-full masks (the seeded random checkpoint's, drawn by numpy's generator:
+    # 0.6-0.8% of the frame, ~1000 pixels)
+    assert 0.002 < min(coverage) and max(coverage) < 0.5, f"degenerate masks: coverage {coverage}"
     # the run exercised what it claims to: skipped invalid frames, Kalman-weighted choices
     memories = [tuple(r["memories"]) for r in rows]  # type: ignore[call-overload]
     gaps = [

@@ -27,10 +27,17 @@ from samurai_onnx.runtime.tracker import Tracker
 
 ov = pytest.importorskip("openvino")
 
+import samurai_onnx.runtime.engine.openvino as openvino_engine  # noqa: E402  (needs openvino)
 from samurai_onnx.runtime.engine.openvino import (  # noqa: E402  (needs openvino)
     DelegatedSession,
     OpenVinoEngine,
+    plugin_runs_bf16,
     resolve_precision,
+)
+
+# OpenVINO's CPU plugin runs bf16 only on AVX512 CPUs; elsewhere it is an f32 engine
+runs_bf16 = pytest.mark.skipif(
+    not plugin_runs_bf16(ov.Core()), reason="OpenVINO offers no bf16 on this CPU (no AVX512)"
 )
 
 F32 = {"precision": "f32", "cache_dir": None}
@@ -71,7 +78,10 @@ def max_diff(name: str, got: np.ndarray, want: np.ndarray) -> float:
 # -- options -----------------------------------------------------------------------------------
 
 
-def test_auto_precision_follows_the_cpu_flags(tmp_path: Path) -> None:
+def test_auto_precision_follows_the_cpu_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(openvino_engine, "plugin_runs_bf16", lambda core: True)
     assert resolve_precision("auto", {"avx512f", "amx_bf16", "avx512_bf16"}) == "bf16"
     assert resolve_precision("auto", {"avx512f", "avx512_bf16"}) == "f32"  # measured slower
     assert resolve_precision("auto", {"avx2"}) == "f32"
@@ -89,6 +99,12 @@ def test_auto_precision_follows_the_cpu_flags(tmp_path: Path) -> None:
     assert engine.config("preprocess")["INFERENCE_PRECISION_HINT"] == "f32"
     cpuinfo.write_text("flags\t\t: fpu avx2\n")
     assert OpenVinoEngine(settings, cpuinfo=cpuinfo).precision == "f32"
+    # bf16 asked for where OpenVINO's plugin has none (AVX2 only): f32, said, not pretended
+    monkeypatch.setattr(openvino_engine, "plugin_runs_bf16", lambda core: False)
+    forced = dataclasses.replace(settings, options={"cache_dir": None, "precision": "bf16"})
+    engine = OpenVinoEngine(forced, cpuinfo=cpuinfo)
+    assert engine.precision == "f32" and engine.run_precision("image_encoder", "fp32") == "fp32"
+    assert "OpenVINO cannot run bf16 on this CPU" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -308,10 +324,9 @@ def test_tracking_equals_onnxruntime_at_fp32(tiny_bundle: Path) -> None:
 def test_cpu_openvino_target_checks_run_on_openvino(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The target compiles with its per-pass checks on OpenVINO; a bf16 run is held to the
-    manifest's bf16 tolerance (a tolerance it cannot meet fails the build, naming the key)."""
+    """The target compiles with its per-pass checks on OpenVINO, every shipped file checked
+    there, with the tolerances declared for the bf16 it may run at."""
     from samurai_onnx.compiler.build import compile_bundle
-    from samurai_onnx.compiler.passes.verify import NumericError
 
     loaded: list[str] = []
     real_load = OpenVinoEngine.load
@@ -344,7 +359,24 @@ def test_cpu_openvino_target_checks_run_on_openvino(
         errors = data["components"][name]["max_abs_error"]
         assert errors and all(v <= 1.0 for v in errors.values())
 
-    # bf16 forced, and a manifest whose bf16 tolerance is fp32's: the check must fail
+
+@runs_bf16
+def test_a_bf16_run_is_held_to_the_bf16_tolerance(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 forced, and a manifest whose bf16 tolerance is fp32's: the check must fail, naming
+    the key, and it ran on OpenVINO in bf16."""
+    from samurai_onnx.compiler.build import compile_bundle
+    from samurai_onnx.compiler.passes.verify import NumericError
+
+    loaded: list[str] = []
+    real_load = OpenVinoEngine.load
+
+    def spy(self: OpenVinoEngine, path: Path, spec: Any) -> Any:
+        loaded.append(f"{spec.name}:{self.precision}")
+        return real_load(self, path, spec)
+
+    monkeypatch.setattr(OpenVinoEngine, "load", spy)
     target = yaml.safe_load((REPO / "targets" / "cpu-openvino.yaml").read_text())
     target["engine_options"]["precision"] = "bf16"
     target["engine_options"]["cache_dir"] = None
@@ -354,7 +386,6 @@ def test_cpu_openvino_target_checks_run_on_openvino(
     manifest["components"]["mask_decoder"]["tolerance"]["bf16"] = 1.0e-4
     manifest_path = tmp_path / "tiny.yaml"
     manifest_path.write_text(yaml.safe_dump(manifest))
-    loaded.clear()
     with pytest.raises(NumericError, match=r"components\.mask_decoder\.tolerance\.bf16") as err:
         compile_bundle(
             manifest_path,

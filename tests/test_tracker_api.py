@@ -175,7 +175,8 @@ def test_input_forms_give_the_same_boxes(tracker: Tracker, tmp_path: Path) -> No
     """mp4, avi, mov, png and jpg folders, a list and a generator: the same boxes for the same
     frames. Every source must deliver exactly the frames OpenCV decodes from it, in order and
     RGB, with its length known; lossless sources (png, generator) must then give exactly the
-    boxes of the original frames, lossy ones (mp4v, MJPG, JPEG) the same within 2 pixels.
+    boxes of the original frames, lossy ones (mp4v, MJPG, JPEG) exactly those of the frames
+    they decode to.
 
     Objects are tracked independently (only the image features are shared), so object 0 of a
     two-object run is the reference for the one-object runs that keep this test affordable.
@@ -213,11 +214,10 @@ def test_input_forms_give_the_same_boxes(tracker: Tracker, tmp_path: Path) -> No
             assert all(np.array_equal(a, b) for a, b in zip(decoded, frames, strict=True))
             assert got == expected, name
             continue
-        assert len(got) == n, name
-        for row, ref in zip(got, expected, strict=True):
-            assert (row[0] is None) == (ref[0] is None), (name, got, expected)
-            if row[0] is not None and ref[0] is not None:
-                assert np.abs(np.subtract(row[0], ref[0])).max() <= 2, (name, got, expected)
+        # lossy: exactly the boxes of the frames it decodes to (the random checkpoint's masks
+        # move by up to 15 pixels with JPEG's artefacts, so "close to the originals' boxes"
+        # would test the random model, not the source)
+        assert got == boxes_of(list(tracker.track(decoded, BOX_A))), name
 
     # a generator has no length: give the tracker the video length SAMURAI would use
     counted = Tracker(tracker.bundle, device="cpu", num_frames=n)

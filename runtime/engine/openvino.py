@@ -109,6 +109,14 @@ def resolve_precision(precision: str, flags: Iterable[str] | None) -> str:
     return "bf16" if flags is not None and AMX_FLAG in set(flags) else "f32"
 
 
+def plugin_runs_bf16(core: Any) -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 on this CPU (its ``OPTIMIZATION_CAPABILITIES``
+    list BF16: natively with AVX512_BF16/AMX, emulated on other AVX512 CPUs). Where they do not
+    (AVX2 only), a bf16 precision hint compiles to f32 without a word: measured on an AVX2-only
+    AMD EPYC (OpenVINO 2026.4.1), the compiled model reported f32."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def one_line(exc: BaseException) -> str:
     """An OpenVINO message (``Exception from src/...`` lines, then the cause) as one line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -374,6 +382,12 @@ class OpenVinoEngine(Engine):
         else:
             native = [f for f in NATIVE_BF16_FLAGS if f in flags]
         self.native_bf16 = ", ".join(native) or "none"
+        if self.precision == "bf16" and not plugin_runs_bf16(self.core):
+            log.warning(
+                "OpenVINO cannot run bf16 on this CPU (its CPU plugin offers no BF16: no "
+                "AVX512); it runs f32"
+            )
+            self.precision = "f32"
         log.info(
             "OpenVINO %s on the CPU: precision %s (option %s; native bf16: %s)",
             ov.__version__,
