@@ -319,6 +319,19 @@ def test_tracking_equals_onnxruntime_at_fp32(tiny_bundle: Path) -> None:
 # -- the compiler --------------------------------------------------------------------------------
 
 
+def _spy_on_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``graph:precision`` of every graph the OpenVINO engine loads from here on."""
+    loaded: list[str] = []
+    real_load = OpenVinoEngine.load
+
+    def spy(self: OpenVinoEngine, path: Path, spec: Any) -> Any:
+        loaded.append(f"{spec.name}:{self.precision}")
+        return real_load(self, path, spec)
+
+    monkeypatch.setattr(OpenVinoEngine, "load", spy)
+    return loaded
+
+
 @requires_oracle
 @pytest.mark.slow
 def test_cpu_openvino_target_checks_run_on_openvino(
@@ -328,14 +341,7 @@ def test_cpu_openvino_target_checks_run_on_openvino(
     there, with the tolerances declared for the bf16 it may run at."""
     from samurai_onnx.compiler.build import compile_bundle
 
-    loaded: list[str] = []
-    real_load = OpenVinoEngine.load
-
-    def spy(self: OpenVinoEngine, path: Path, spec: Any) -> Any:
-        loaded.append(f"{spec.name}:{self.precision}")
-        return real_load(self, path, spec)
-
-    monkeypatch.setattr(OpenVinoEngine, "load", spy)
+    loaded = _spy_on_loads(monkeypatch)
     components = ["mask_decoder", "memory_encoder", "postprocess"]
     out = compile_bundle(
         REPO / "manifests" / "tiny.yaml",
@@ -369,14 +375,7 @@ def test_a_bf16_run_is_held_to_the_bf16_tolerance(
     from samurai_onnx.compiler.build import compile_bundle
     from samurai_onnx.compiler.passes.verify import NumericError
 
-    loaded: list[str] = []
-    real_load = OpenVinoEngine.load
-
-    def spy(self: OpenVinoEngine, path: Path, spec: Any) -> Any:
-        loaded.append(f"{spec.name}:{self.precision}")
-        return real_load(self, path, spec)
-
-    monkeypatch.setattr(OpenVinoEngine, "load", spy)
+    loaded = _spy_on_loads(monkeypatch)
     target = yaml.safe_load((REPO / "targets" / "cpu-openvino.yaml").read_text())
     target["engine_options"]["precision"] = "bf16"
     target["engine_options"]["cache_dir"] = None
