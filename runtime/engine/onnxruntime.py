@@ -124,7 +124,8 @@ def session_options(
     ``create_session``).
     """
     opts = ort.SessionOptions()
-    if exact_int8 and int8_saturates_here():
+    precise = exact_int8 and int8_saturates_here()
+    if precise:
         opts.add_session_config_entry("session.x64quantprecision", "1")
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -141,7 +142,7 @@ def session_options(
     # errors only; fatal only where the exact int8 path is on: a graph it cannot rewrite is
     # retried without it (create_session), and ONNX Runtime's own error line would only repeat
     # the warning given then
-    opts.log_severity_level = 4 if exact_int8 and int8_saturates_here() else 3
+    opts.log_severity_level = 4 if precise else 3
     return opts
 
 
