@@ -6,18 +6,26 @@ replays all of a run's kernels with one launch. ONNX Runtime captures one when t
 provider has ``enable_cuda_graph`` and a run carries a ``gpu_graph_id``, on two conditions:
 every input and output is bound to the same device buffer on every replay, and the shapes do not
 change. So each distinct *signature* of a run (the host feeds' shapes, the device feeds' buffers
-and shapes, the buffers outputs are written into) gets, the second time it is seen, its own
-graph id, a device copy of every host feed (updated in place on each run) and fixed outputs.
-A signature seen once runs as before (id -1: no capture), so the growing memory bank of a
-video's first frames does not use up graph ids; in the steady state the signatures repeat
-(the memory pools alternate between two buffers, so most graphs have two).
+and shapes, the buffers outputs are written into) gets, the third time in a row of recent runs
+it is seen (``CAPTURE_AT``), its own graph id, a device copy of every host feed (updated in
+place on each run) and fixed outputs. Signatures not seen that often run as before (id -1: no
+capture); in the steady state the signatures repeat (the memory pools alternate between two
+buffers, so most graphs have two).
 
 The fixed outputs are the very values the signature's first run wrote (kept for the most recent
-``MAX_PENDING`` signatures seen once): a graph's output buffers then do not change between its
-first and later runs, so the signatures of the graphs that read them repeat from the next frame
-on. With fresh buffers at the first run, each graph could only settle once every graph upstream
-had been captured: on an H200 CUDA graphs then gained nothing end to end, and this path on the
-CPU showed the decoder and the memory encoder still uncaptured 34 frames into a video.
+``MAX_PENDING`` uncaptured signatures; later uncaptured runs of it write into them): a graph's
+output buffers then do not change from its first run on, so the signatures of the graphs that
+read them repeat from the next frame on. With fresh buffers at the first run, each graph could
+only settle once every graph upstream had been captured: on an H200 CUDA graphs then gained
+nothing end to end, and this path on the CPU showed the decoder and the memory encoder still
+uncaptured 34 frames into a video.
+
+Why the third sighting and not the second: while the memory bank grows (a video's first 16
+frames) memory attention's shapes change every frame, so its outputs are fresh buffers, and
+the allocator hands the same addresses back every other frame: the decoder's signature then
+repeats exactly once. Capturing at the second sighting spent the decoder's 8 graph ids on such
+signatures before the steady state (an H200 bench, 0 of 240 decoder runs replayed; on the CPU,
+after the bench's per-graph timing, 6 of them by frame 17 of a one-object video).
 
 What callers must respect: an output not written into a given value is valid until the same
 graph runs again with the same signature (the tracker consumes every output within its frame).
@@ -40,13 +48,22 @@ from samurai_onnx.runtime.contract import GraphContract
 log = logging.getLogger(__name__)
 
 MAX_GRAPHS = 8  # captured signatures per session (each holds its outputs and the graph's memory)
-MAX_SEEN = 256  # signatures remembered before a second sighting
-MAX_PENDING = 4  # signatures seen once whose first outputs are kept as their fixed buffers
+MAX_PENDING = 4  # recent uncaptured signatures whose first outputs are kept as their buffers
+CAPTURE_AT = 3  # the sighting of a signature that captures it
 
 
 def ort_value(value: Any) -> Any:
     """The ``OrtValue`` inside an engine value (a host-backed wrapper or the value itself)."""
     return getattr(value, "value", value)
+
+
+@dataclass
+class _Pending:
+    """A recent signature not captured yet: the outputs of its first run (its buffers from then
+    on) and how often it was seen."""
+
+    outputs: dict[str, Any]
+    sightings: int
 
 
 @dataclass
@@ -73,10 +90,9 @@ class CapturedRuns:
         self.session = session
         self.contract = contract
         self.upload, self.run_options = upload, run_options
-        self.seen: set[tuple[Any, ...]] = set()
         self.captures: dict[tuple[Any, ...], Capture] = {}
-        # signatures seen once (most recent last) -> the outputs of that run
-        self.pending: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # recent signatures not captured yet, most recent last
+        self.pending: dict[tuple[Any, ...], _Pending] = {}
         self._full_logged = False
         # how many runs replayed a captured signature, of all runs (the bench reports both: a
         # loop whose signatures never repeat gains nothing from CUDA graphs)
@@ -108,34 +124,35 @@ class CapturedRuns:
         key = self.signature(feeds, into)
         capture = self.captures.get(key)
         self.runs += 1
-        if capture is None:
-            first = self.pending.pop(key, None)
-            full = len(self.captures) >= MAX_GRAPHS
-            if full or (first is None and key not in self.seen):
-                if full and key in self.seen and not self._full_logged:
-                    log.info("%s: %d captured graphs; further shapes run uncaptured",
-                             self.contract.name, MAX_GRAPHS)  # fmt: skip
-                    self._full_logged = True
-                if len(self.seen) >= MAX_SEEN:
-                    self.seen.clear()
-                self.seen.add(key)
-                result = regular(feeds, into, self.run_options(-1))
-                if len(self.captures) < MAX_GRAPHS:
-                    self.pending[key] = result  # this run's outputs: the signature's buffers
-                    while len(self.pending) > MAX_PENDING:
-                        self.pending.pop(next(iter(self.pending)))
-                return result
-            if first is None:  # seen long ago: this run's outputs become the fixed buffers
-                result = regular(feeds, into, self.run_options(-1))
-                self.captures[key] = self._prepare(feeds, into, result)
-                return result
-            capture = self.captures[key] = self._prepare(feeds, into, first)
-        else:
+        if capture is not None:
             self.replays += 1
             for name, value in capture.host_inputs.items():
                 _update(value, feeds[name])
+            self.session.run_with_iobinding(capture.binding, self.run_options(capture.graph_id))
+            return dict(capture.outputs)
+        seen = self.pending.pop(key, None)
+        if seen is None:  # new (or not seen recently): runs as it is; its outputs are kept
+            result = regular(feeds, into, self.run_options(-1))
+            self._keep(key, _Pending(result, 1))
+            return result
+        if seen.sightings < CAPTURE_AT - 1 or len(self.captures) >= MAX_GRAPHS:
+            if len(self.captures) >= MAX_GRAPHS and not self._full_logged:
+                log.info("%s: %d captured graphs; further shapes run uncaptured",
+                         self.contract.name, MAX_GRAPHS)  # fmt: skip
+                self._full_logged = True
+            # into the buffers of its first run, so that what reads them sees the same buffers
+            result = regular(feeds, {**seen.outputs, **into}, self.run_options(-1))
+            self._keep(key, _Pending(result, seen.sightings + 1))
+            return result
+        capture = self.captures[key] = self._prepare(feeds, into, seen.outputs)
         self.session.run_with_iobinding(capture.binding, self.run_options(capture.graph_id))
         return dict(capture.outputs)
+
+    def _keep(self, key: tuple[Any, ...], pending: _Pending) -> None:
+        """Remember ``key`` as the most recent uncaptured signature (at most ``MAX_PENDING``)."""
+        self.pending[key] = pending
+        while len(self.pending) > MAX_PENDING:
+            self.pending.pop(next(iter(self.pending)))
 
     def _prepare(
         self, feeds: Mapping[str, Any], into: Mapping[str, Any], first: Mapping[str, Any]
