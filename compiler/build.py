@@ -26,7 +26,12 @@ from samurai_onnx.compiler.checkpoint import (
     verify_sha256,
     warn_unverified,
 )
-from samurai_onnx.compiler.graphs import build_graph, example_inputs, graph_constants
+from samurai_onnx.compiler.graphs import (
+    FP32_SCOPES,
+    build_graph,
+    example_inputs,
+    graph_constants,
+)
 from samurai_onnx.compiler.manifest import (
     ComponentSpec,
     ManifestError,
@@ -305,7 +310,7 @@ def _build_model_graph(
     precision = "fp32"
     if target.precision == "fp16":
         src = path
-        path = step("fp16", "fp16", lambda: convert_fp16(src, work / f"{stem}.fp16.onnx"))
+        path = step("fp16", "fp16", lambda: convert_fp16(src, work / f"{stem}.fp16.onnx", FP32_SCOPES))
         precision = "fp16"
     if target.quantization == "int8" and spec.quantization is not None:
         src, qs = path, spec.quantization

@@ -16,8 +16,8 @@ segment-anything's ``utils/onnx.py``:
   never leave the device.
 
 Memories and object pointers live in two pools on the device (``[slots, ...]``); memory
-attention gathers each object's memories and pointers by index, the memory encoder scatters the
-new ones in and returns the updated pools. Memory features are rounded to bfloat16 in the graph,
+attention gathers each object's memories and pointers by index, the memory encoder writes the
+new ones into their slots (``SlotWrite``: a gather, not a scatter) and returns the updated pools. Memory features are rounded to bfloat16 in the graph,
 as the oracle stores them.
 """
 
@@ -38,6 +38,11 @@ from samurai_onnx.runtime.bundle import TrackerSettings
 from samurai_onnx.runtime.contract import MODEL_GRAPHS, contract, example_feeds
 
 NO_OBJ_SCORE = -1024.0
+
+# Name scopes of the nodes that must stay fp32 in an fp16 bundle (``passes/fp16.py`` keeps them):
+# the pools' slot writes, so stored memories keep the exact values written (bfloat16-rounded
+# fp32), and the pools never pass through fp16 (which re-rounds every stored slot each frame).
+FP32_SCOPES = ("/memory_write/", "/ptr_write/")
 
 
 class ImageEncoderGraph(nn.Module):
@@ -131,13 +136,33 @@ class MaskDecoderGraph(nn.Module):
         return masks, iou, score, ptr, boxes, stability
 
 
+class SlotWrite(nn.Module):
+    """``pool`` with ``values[b]`` in row ``slots[b]``: what ``pool.index_put((slots,), values)``
+    computes, as a gather of the pool and the new rows.
+
+    Why not ``index_put`` (ONNX ``ScatterND``): on an NVIDIA H200 with onnxruntime-gpu 1.31.1 the
+    memory encoder's two ScatterND nodes took 9.6 of its 10.6 ms (one 64x64x64 memory into an
+    8-slot pool; the graph without them: 0.94 ms; ``docs/measurements/h200-memory-encoder-
+    scatter.txt``), ten times PyTorch's whole memory encoder. A gather copies each row once, on
+    every engine. Each slot takes the first object that names it (the runtime never gives two);
+    the index arithmetic is on 0/1 floats and ``ArgMax``, which every engine runs on the device.
+    """
+
+    def forward(self, pool: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(pool.shape[0], dtype=torch.int64, device=pool.device)
+        hit = (slots.reshape(1, -1) == rows.reshape(-1, 1)).to(torch.float32)  # [S, B]
+        written = hit.amax(dim=1) > 0  # [S]
+        source = torch.where(written, hit.argmax(dim=1) + pool.shape[0], rows)
+        return torch.cat([pool, values.to(pool.dtype)], dim=0)[source]
+
+
 class MemoryEncoderGraph(nn.Module):
     """Each object's chosen mask and pointer -> its memory, written into the pools.
 
     The chosen candidate's low-res mask is upsampled, binarized (prompted frames) or squashed
     with a sigmoid, and fused with the frame's features; an absent object gets the no-object
     embedding. The memory (rounded to bfloat16 when ``memory_bf16``) and the chosen pointer go
-    to the objects' slots of the pools; the pools come back whole.
+    to the objects' slots of the pools (``SlotWrite``); the pools come back whole.
     """
 
     def __init__(self, model: SAM2Model, settings: TrackerSettings) -> None:
@@ -148,6 +173,8 @@ class MemoryEncoderGraph(nn.Module):
         self.bias = float(model.cfg.sigmoid_bias_for_mem_enc)
         self.image_size = int(model.cfg.image_size)
         self.bf16 = bool(settings.memory_bf16)
+        self.memory_write = SlotWrite()
+        self.ptr_write = SlotWrite()
 
     def forward(
         self,
@@ -179,8 +206,8 @@ class MemoryEncoderGraph(nn.Module):
             features = features.to(torch.bfloat16).to(torch.float32)
         c = obj_ptr.shape[-1]
         ptr = torch.gather(obj_ptr, 1, ptr_candidate.reshape(-1, 1, 1).expand(b, 1, c))[:, 0]
-        memory_out = memory_pool.index_put((memory_slot,), features)
-        ptr_out = ptr_pool.index_put((ptr_slot,), ptr)
+        memory_out = self.memory_write(memory_pool, memory_slot, features)
+        ptr_out = self.ptr_write(ptr_pool, ptr_slot, ptr)
         return memory_out, ptr_out
 
 

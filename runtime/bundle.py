@@ -42,7 +42,7 @@ from samurai_onnx.runtime.documents import require as _require
 from samurai_onnx.runtime.documents import unknown_keys as _unknown_keys
 
 # 2: seven graphs (preprocess, postprocess and mask_prompt added), memories and pointers in
-# device-resident pools gathered and scattered by index, per-object batches.
+# device-resident pools read and written by index, per-object batches.
 FORMAT_VERSION = 2
 MANIFEST_NAME = "bundle.yaml"
 ENGINES = ("onnxruntime", "openvino")

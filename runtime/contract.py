@@ -21,7 +21,8 @@ grid, ``L`` low-res mask size):
 - ``mask_decoder``: prompt encoder + mask decoder for ``B`` objects: four candidate masks, their
   IoU predictions, boxes and object pointers, the object score and the single mask's stability;
 - ``memory_encoder``: the chosen candidate of each object (picked in the graph) -> its memory and
-  pointer, scattered into the pools, which come back updated (the runtime ping-pongs two buffers);
+  pointer, written into their slots of the pools, which come back updated (the runtime ping-pongs
+  two buffers);
 - ``postprocess``: low-res mask logits -> the mask at video size and its box;
 - ``mask_prompt``: a mask prompt (0/1 at video size) -> the decoder's mask input and the
   prompted frame's low-res mask logits, as SAM 2's ``add_new_mask`` / ``_use_mask_as_output``.

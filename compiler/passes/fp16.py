@@ -14,6 +14,7 @@ before) handles both; it appends its I/O casts at the end, hence the topological
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -84,56 +85,83 @@ def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
         graph.node.extend(kept)
 
 
-def _skip_input_round_trips(graph: onnx.GraphProto) -> None:
-    """Feed fp32-only ops the fp32 graph input itself, not a copy rounded to fp16 and back.
+def _fp32_values(graph: onnx.GraphProto) -> set[str]:
+    """Names of the fp32 tensors of ``graph`` (its inputs, and what type inference can tell)."""
+    names = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph)).graph
+    except Exception:  # contrib ops it cannot type: the inputs are what is certain
+        return names
+    return names | {
+        v.name for v in inferred.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
 
-    With ``keep_io_types`` the converter casts every float input to fp16 and then, for each
-    consumer left in fp32, casts it back: the fp32 op sees fp16-rounded values. For the memory
-    encoder's mask logits that rounding moves logits near 0 across the binarization threshold.
+
+def _skip_round_trips(graph: onnx.GraphProto) -> None:
+    """Feed fp32-only nodes fp32 values themselves, not copies rounded to fp16 and back.
+
+    The converter casts every fp32 value that fp16 nodes may read to fp16 (graph inputs with
+    ``keep_io_types``; the outputs of nodes left in fp32), and then, for each consumer left in
+    fp32, casts it back: such a consumer sees fp16-rounded values. For the memory encoder's mask
+    logits that rounding moves logits near 0 across the binarization threshold; for the pools'
+    slot writes it would round every stored memory each frame. A round trip whose end is a graph
+    output becomes the fp32 producer writing that output directly.
     """
-    inputs = {i.name for i in graph.input}
+    fp32 = _fp32_values(graph)
     to_fp16 = {
         n.output[0]: n.input[0]
         for n in graph.node
-        if n.op_type == "Cast" and n.input[0] in inputs and _cast_to(n) == onnx.TensorProto.FLOAT16
+        if n.op_type == "Cast" and n.input[0] in fp32 and _cast_to(n) == onnx.TensorProto.FLOAT16
     }
-    rename: dict[str, str] = {}
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}  # the end of a round trip -> its fp32 start
+    produce: dict[str, str] = {}  # an fp32 start -> the graph output it is written as
     kept = []
     for node in graph.node:
-        if (
-            node.op_type == "Cast"
-            and node.input[0] in to_fp16
-            and _cast_to(node) == onnx.TensorProto.FLOAT
-        ):
-            rename[node.output[0]] = to_fp16[node.input[0]]
-            continue
+        if node.op_type == "Cast" and node.input[0] in to_fp16 and _cast_to(node) == onnx.TensorProto.FLOAT:
+            start, end = to_fp16[node.input[0]], node.output[0]
+            if end not in outputs:
+                rename[end] = start
+                continue
+            if start not in inputs and start not in outputs and start not in produce:
+                produce[start] = end
+                continue
         kept.append(node)
     for node in kept:
         for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    for out in graph.output:
-        if out.name in rename:  # never the case for our graphs; keep the cast if it were
-            return
+            name = rename.get(name, name)
+            node.input[i] = produce.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = produce.get(name, name)
+    used = {name for node in kept for name in node.input} | outputs
+    kept = [n for n in kept if not (n.op_type == "Cast" and n.output[0] not in used)]
     del graph.node[:]
     graph.node.extend(kept)
+    stale = set(rename) | set(produce)
+    infos = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
 
 
 def _cast_to(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "to"), -1)
 
 
-def convert_fp16(src: Path, out: Path) -> Path:
+def convert_fp16(src: Path, out: Path, fp32_scopes: Sequence[str] = ()) -> Path:
+    """``src`` in fp16 with fp32 I/O, the ops of ``FP32_OPS`` and the nodes whose names start
+    with one of ``fp32_scopes`` (``graphs.FP32_SCOPES``) left in fp32."""
     from onnxruntime.transformers import float16
 
     model = onnx.load(str(src))
+    kept = [n.name for n in model.graph.node if n.name.startswith(tuple(fp32_scopes))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per weight clipped to the fp16 range
         converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=FP32_OPS
+            model, keep_io_types=True, op_block_list=FP32_OPS, node_block_list=kept or None
         )
     _drop_duplicate_nodes(converted.graph)
-    _skip_input_round_trips(converted.graph)
+    _skip_round_trips(converted.graph)
     _sort_topologically(converted.graph)
     onnx.checker.check_model(converted)
     onnx.save(converted, str(out))
