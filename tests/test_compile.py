@@ -196,10 +196,10 @@ def test_fp16_bundle(fp16_bundle: Path, tiny_bundle: Path) -> None:
         assert info["precision"] == "fp16"
         tolerance = manifest.components[name].tolerance["fp16"]
         assert info["tolerance"] == tolerance
-        # The declared tolerance, with margin; the memory encoder's binarized (prompted-frame)
-        # masks (+-10 after scaling) through fp16 convolutions on the CPU provider reach 0.41 of
-        # its 0.5 (0.03 for the tracked frames' sigmoid masks), so it gets the tolerance itself.
-        margin = 1.0 if name == "memory_encoder" else 4.0
+        # The declared tolerance, with margin 4. (The memory encoder reached 0.41 of its 0.5
+        # while the converter rounded its fp32 islands through fp16 and back: the binarized
+        # masks' logits and the pools; 0.004 since passes/fp16.py skips those round trips.)
+        margin = 4.0
         for output, err in info["max_abs_error"].items():
             assert err <= max(tolerance / margin, DISCRETE_FLOORS.get(output, 0.0)), (name, output)
         model = onnx.load(str(fp16_bundle / info["file"]))
