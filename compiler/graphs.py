@@ -144,16 +144,21 @@ class SlotWrite(nn.Module):
     memory encoder's two ScatterND nodes took 9.6 of its 10.6 ms (one 64x64x64 memory into an
     8-slot pool; the graph without them: 0.94 ms; ``docs/measurements/h200-memory-encoder-
     scatter.txt``), ten times PyTorch's whole memory encoder. A gather copies each row once, on
-    every engine. Each slot takes the first object that names it (the runtime never gives two);
-    the index arithmetic is on 0/1 floats and ``ArgMax``, which every engine runs on the device.
+    every engine. Each slot takes the first object that names it (the runtime never gives two).
+    The row numbers come from the data (a cumulative sum of ones), not from the pool's shape:
+    a value computed from a shape lives on the host, and feeding one into device arithmetic
+    needs a copy node, with which ONNX Runtime refuses to capture the graph as a CUDA graph.
+    Float row numbers are exact below 2**24 slots.
     """
 
     def forward(self, pool: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(pool.shape[0], dtype=torch.int64, device=pool.device)
-        hit = (slots.reshape(1, -1) == rows.reshape(-1, 1)).to(torch.float32)  # [S, B]
-        written = hit.amax(dim=1) > 0  # [S]
-        source = torch.where(written, hit.argmax(dim=1) + pool.shape[0], rows)
-        return torch.cat([pool, values.to(pool.dtype)], dim=0)[source]
+        first = pool.reshape(pool.shape[0], -1)[:, 0].to(torch.float32)  # [S]
+        rows = torch.ones_like(first).cumsum(0) - 1  # 0 .. S-1
+        hit = (slots.to(torch.float32).reshape(1, -1) == rows.reshape(-1, 1)).to(torch.float32)
+        written = hit.amax(dim=1) > 0  # [S]: some object writes this slot
+        count = rows[-1:] + 1  # S, as data
+        source = torch.where(written, hit.argmax(dim=1).to(torch.float32) + count, rows)
+        return torch.cat([pool, values.to(pool.dtype)], dim=0)[source.to(torch.int64)]
 
 
 class MemoryEncoderGraph(nn.Module):
