@@ -310,7 +310,9 @@ def _build_model_graph(
     precision = "fp32"
     if target.precision == "fp16":
         src = path
-        path = step("fp16", "fp16", lambda: convert_fp16(src, work / f"{stem}.fp16.onnx", FP32_SCOPES))
+        path = step(
+            "fp16", "fp16", lambda: convert_fp16(src, work / f"{stem}.fp16.onnx", FP32_SCOPES)
+        )
         precision = "fp16"
     if target.quantization == "int8" and spec.quantization is not None:
         src, qs = path, spec.quantization

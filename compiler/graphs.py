@@ -17,8 +17,8 @@ segment-anything's ``utils/onnx.py``:
 
 Memories and object pointers live in two pools on the device (``[slots, ...]``); memory
 attention gathers each object's memories and pointers by index, the memory encoder writes the
-new ones into their slots (``SlotWrite``: a gather, not a scatter) and returns the updated pools. Memory features are rounded to bfloat16 in the graph,
-as the oracle stores them.
+new ones into their slots (``SlotWrite``: a gather, not a scatter) and returns the updated
+pools. Memory features are rounded to bfloat16 in the graph, as the oracle stores them.
 """
 
 from __future__ import annotations
@@ -151,7 +151,9 @@ class SlotWrite(nn.Module):
     Float row numbers are exact below 2**24 slots.
     """
 
-    def forward(self, pool: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pool: torch.Tensor, slots: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
         first = pool.reshape(pool.shape[0], -1)[:, 0].to(torch.float32)  # [S]
         rows = torch.ones_like(first).cumsum(0) - 1  # 0 .. S-1
         hit = (slots.to(torch.float32).reshape(1, -1) == rows.reshape(-1, 1)).to(torch.float32)

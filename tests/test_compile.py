@@ -248,7 +248,8 @@ def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) 
     rng = np.random.default_rng(3)
     for pool in ("memory_pool", "ptr_pool"):  # fp32 values that fp16 cannot hold
         feeds[pool] = (rng.standard_normal(feeds[pool].shape) * 1e-3).astype(np.float32)
-    written = {pool: set(feeds[f"{pool[:-5]}_slot"].tolist()) for pool in ("memory_pool", "ptr_pool")}
+    pools = ("memory_pool", "ptr_pool")
+    written = {pool: set(feeds[f"{pool[:-5]}_slot"].tolist()) for pool in pools}
     outputs = {}
     for bundle in (tiny_bundle, fp16_bundle):
         files = sorted(bundle.glob("memory_encoder*.onnx"))

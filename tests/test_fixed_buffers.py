@@ -212,19 +212,19 @@ def test_every_graph_replays_in_the_steady_state(
     fixed = _fixed_tracker(tiny256_bundle, monkeypatch, num_frames=26, overrides=FULL_BANK)
     regular = Tracker(tiny256_bundle, num_frames=26, overrides=FULL_BANK)
     sessions = fixed.graphs.sessions
+    runs = {n: s.captured for n, s in sessions.items()}  # type: ignore[attr-defined]
     rows: list[list[Any]] = [[], []]
     for i, frame in enumerate(frames):
         if i == 23:
-            before = {n: (s.captured.replays, s.captured.runs) for n, s in sessions.items()}  # type: ignore[attr-defined]
+            before = {n: (r.replays, r.runs) for n, r in runs.items()}
         for tracker, out in zip((fixed, regular), rows, strict=True):
             objs = tracker.start(frame, [list(SYNTHETIC_BOX)]) if i == 0 else tracker.step(frame)
             out.append([(o.obj_id, o.mask.copy(), o.box, o.score, o.present) for o in objs])
     _same(rows[1], rows[0])
-    for name, s in sessions.items():
-        replays = s.captured.replays - before[name][0]  # type: ignore[attr-defined]
-        runs = s.captured.runs - before[name][1]  # type: ignore[attr-defined]
-        assert replays == runs, f"{name}: {replays} of {runs} runs replayed"
-        assert len(s.captured.captures) <= 2, f"{name}: {len(s.captured.captures)} captures"  # type: ignore[attr-defined]
+    for name, r in runs.items():
+        replays, total = r.replays - before[name][0], r.runs - before[name][1]
+        assert replays == total, f"{name}: {replays} of {total} runs replayed"
+        assert len(r.captures) <= 2, f"{name}: {len(r.captures)} captures"
     assert {n for n, (_, r) in before.items() if r} >= {
         "preprocess", "image_encoder", "memory_attention", "mask_decoder", "memory_encoder"
     }

@@ -87,14 +87,13 @@ def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
 
 def _fp32_values(graph: onnx.GraphProto) -> set[str]:
     """Names of the fp32 tensors of ``graph`` (its inputs, and what type inference can tell)."""
-    names = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    fp32 = onnx.TensorProto.FLOAT
+    names = {i.name for i in graph.input if i.type.tensor_type.elem_type == fp32}
     try:
         inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph)).graph
     except Exception:  # contrib ops it cannot type: the inputs are what is certain
         return names
-    return names | {
-        v.name for v in inferred.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    }
+    return names | {v.name for v in inferred.value_info if v.type.tensor_type.elem_type == fp32}
 
 
 def _skip_round_trips(graph: onnx.GraphProto) -> None:
@@ -119,7 +118,8 @@ def _skip_round_trips(graph: onnx.GraphProto) -> None:
     produce: dict[str, str] = {}  # an fp32 start -> the graph output it is written as
     kept = []
     for node in graph.node:
-        if node.op_type == "Cast" and node.input[0] in to_fp16 and _cast_to(node) == onnx.TensorProto.FLOAT:
+        back = _cast_to(node) == onnx.TensorProto.FLOAT
+        if node.op_type == "Cast" and node.input[0] in to_fp16 and back:
             start, end = to_fp16[node.input[0]], node.output[0]
             if end not in outputs:
                 rename[end] = start
