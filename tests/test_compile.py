@@ -246,9 +246,9 @@ def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) 
     manifest = load_model_manifest(TINY)
     feeds = _feeds("memory_encoder", manifest.tracker, seed=2)
     rng = np.random.default_rng(3)
-    for pool in ("memory_pool", "ptr_pool"):  # fp32 values that fp16 cannot hold
-        feeds[pool] = (rng.standard_normal(feeds[pool].shape) * 1e-3).astype(np.float32)
     pools = ("memory_pool", "ptr_pool")
+    for pool in pools:  # fp32 values that fp16 cannot hold
+        feeds[pool] = (rng.standard_normal(feeds[pool].shape) * 1e-3).astype(np.float32)
     written = {pool: set(feeds[f"{pool[:-5]}_slot"].tolist()) for pool in pools}
     outputs = {}
     for bundle in (tiny_bundle, fp16_bundle):
@@ -259,7 +259,7 @@ def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) 
             assert not [n.name for n in model.graph.node if n.op_type == "ScatterND"], path
             got = _run(path, feeds)
             outputs[path] = got
-            for pool in ("memory_pool", "ptr_pool"):
+            for pool in pools:
                 out = got[f"{pool}_out"]
                 for slot in range(out.shape[0]):
                     if slot not in written[pool]:
@@ -267,7 +267,7 @@ def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) 
     tolerance = manifest.components["memory_encoder"].tolerance["fp16"]
     reference = outputs[tiny_bundle / "memory_encoder.onnx"]
     for path, got in outputs.items():
-        for pool in ("memory_pool", "ptr_pool"):
+        for pool in pools:
             err = np.abs(got[f"{pool}_out"] - reference[f"{pool}_out"]).max()
             assert err <= tolerance, (path.name, pool, err)
 

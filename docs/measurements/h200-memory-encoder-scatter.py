@@ -52,11 +52,4 @@ for form in ["memory_encoder.layernorm.onnx", "memory_encoder.onnx"]:
             if x in names: n.input[k] = names[x]
     for o in m2.graph.output: o.type.tensor_type.ClearField("shape")
     timeit(m2, form + ":no-scatter")
-    # ScatterND replaced by an equivalent for one slot at index 0: Concat(updates, pool[1:])
-    if form.endswith("layernorm.onnx"):
-        try:
-            for B in (1, 4):
-                pass
-        except Exception as e:
-            log("err", e)
 open(os.path.join(out, "scat.txt"), "w").write("\n".join(res) + "\n")

@@ -135,8 +135,9 @@ class CapturedRuns:
             result = regular(feeds, into, self.run_options(-1))
             self._keep(key, _Pending(result, 1))
             return result
-        if seen.sightings < CAPTURE_AT - 1 or len(self.captures) >= MAX_GRAPHS:
-            if len(self.captures) >= MAX_GRAPHS and not self._full_logged:
+        full = len(self.captures) >= MAX_GRAPHS
+        if seen.sightings < CAPTURE_AT - 1 or full:
+            if full and not self._full_logged:
                 log.info("%s: %d captured graphs; further shapes run uncaptured",
                          self.contract.name, MAX_GRAPHS)  # fmt: skip
                 self._full_logged = True
