@@ -124,7 +124,7 @@ def test_huge_and_bomb_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_samurai_run_with_a_prompt_file(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_samurai_run_with_a_prompt_file(tiny256_bundle: Path, tmp_path: Path) -> None:
     """Object 0 from a --bbox; object 1 starts on frame 1 from a click; object 0 is removed on
     frame 2; object 2 starts on frame 2 from a mask PNG (4 small frames)."""
     from samurai_onnx.runtime.cli import execute
@@ -148,7 +148,7 @@ def test_samurai_run_with_a_prompt_file(tiny_bundle: Path, tmp_path: Path) -> No
     )
     out = tmp_path / "out"
     code = execute(
-        tiny_bundle,
+        tiny256_bundle,
         str(folder),
         ["33,40,30,23"],
         prompts_file=prompts,
@@ -169,7 +169,7 @@ def test_samurai_run_with_a_prompt_file(tiny_bundle: Path, tmp_path: Path) -> No
     assert boxes[0][2:] == ["0,0,0,0", "0,0,0,0"]  # removed
     # a prompt file that is also named as an output is refused before anything is written
     refused = execute(
-        tiny_bundle,
+        tiny256_bundle,
         str(folder),
         None,
         prompts_file=prompts,

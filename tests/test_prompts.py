@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_VIDEOS, requires_oracle, synthetic_frames, write_frames
+from conftest import SHARED_VIDEOS, SMALL, requires_oracle, synthetic_frames, write_frames
 
 from samurai_onnx.compiler.evaluate.oracle import OracleFrame, build_oracle, run_oracle
 from samurai_onnx.runtime.tracker import Prompt, Tracker, TrackerError
@@ -51,8 +51,10 @@ def _run_ours(tracker: Tracker, frames: list[np.ndarray], prompts: list[Prompt])
     return rows
 
 
-def _oracle(ckpt: Path, frames_dir: Path, **prompt: object) -> list[OracleFrame]:
-    oracle = build_oracle("tiny", ckpt, {**OVERRIDES, "fill_hole_area": 0})
+def _oracle(ckpt: Path, image_size: int, frames_dir: Path, **prompt: object) -> list[OracleFrame]:
+    """SAMURAI's code at ``image_size`` pixels on ``frames_dir``, prompted on its first frame."""
+    settings = {**OVERRIDES, "fill_hole_area": 0, "image_size": image_size}
+    oracle = build_oracle("tiny", ckpt, settings)
     return list(run_oracle(oracle, frames_dir, prompt.pop("box", None), **prompt))  # type: ignore[arg-type]
 
 
@@ -96,7 +98,7 @@ def _frames_dir(clip: tuple[list[np.ndarray], Path], start: int) -> Path:
 
 
 def test_points_and_late_objects_match_the_oracle(
-    tiny_bundle: Path, tiny_checkpoint: Path, clip: tuple[list[np.ndarray], Path]
+    tiny256_bundle: Path, tiny_checkpoint: Path, clip: tuple[list[np.ndarray], Path]
 ) -> None:
     """Object 0: a box on frame 0. Object 1: one positive click on frame 2 (SAM 2's multimask
     prompt: three candidates and SAMURAI's Kalman start on the prompted frame). Object 2: a box
@@ -110,16 +112,17 @@ def test_points_and_late_objects_match_the_oracle(
         Prompt(1, 2, box=(280.0, 200.0, 100.0, 100.0), points=(neg,), labels=(0,)),
     ]
     tracker = Tracker(
-        tiny_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
+        tiny256_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
     )
     ours = _run_ours(tracker, frames, prompts)
     assert [sorted(r) for r in ours] == [[0], [0, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2]]
-    _assert_same(ours, _oracle(tiny_checkpoint, _frames_dir(clip, 0), box=BOX_A), 0, 0)
-    ref1 = _oracle(tiny_checkpoint, _frames_dir(clip, 2), points=[CLICK_B], labels=[1])
+    _assert_same(ours, _oracle(tiny_checkpoint, SMALL, _frames_dir(clip, 0), box=BOX_A), 0, 0)
+    ref1 = _oracle(tiny_checkpoint, SMALL, _frames_dir(clip, 2), points=[CLICK_B], labels=[1])
     _assert_same(ours, ref1, 1, 2)
     assert ours[2][1][1].kf_score is None and ours[2][1][2] == ref1[0].stable_frames == 1
     ref2 = _oracle(
         tiny_checkpoint,
+        SMALL,
         _frames_dir(clip, 1),
         box=(280.0, 200.0, 100.0, 100.0),
         points=[neg],
@@ -129,18 +132,18 @@ def test_points_and_late_objects_match_the_oracle(
 
 
 def test_several_objects_equal_each_alone(
-    tiny_bundle: Path, clip: tuple[list[np.ndarray], Path]
+    tiny256_bundle: Path, clip: tuple[list[np.ndarray], Path]
 ) -> None:
     """Two objects batched in every graph call give what each gives alone (host processing)."""
     frames, _ = clip
     boxes = [BOX_A, (300.0, 220.0, 60.0, 60.0)]
     together = Tracker(
-        tiny_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
+        tiny256_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
     )
     both = _run_ours(together, frames, [Prompt(0, i, box=b) for i, b in enumerate(boxes)])
     for i, box in enumerate(boxes):
         alone = Tracker(
-            tiny_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
+            tiny256_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
         )
         one = _run_ours(alone, frames, [Prompt(0, i, box=box)])
         for t in range(N):
@@ -154,7 +157,7 @@ def test_several_objects_equal_each_alone(
 
 
 def test_correction_restarts_and_removal_ends(
-    tiny_bundle: Path, tiny_checkpoint: Path, clip: tuple[list[np.ndarray], Path]
+    tiny256_bundle: Path, tiny_checkpoint: Path, clip: tuple[list[np.ndarray], Path]
 ) -> None:
     """A new box for object 0 on frame 3 restarts it there (= the oracle on the clip from frame
     3); object 1 removed on frame 2 is not reported from then on."""
@@ -167,16 +170,16 @@ def test_correction_restarts_and_removal_ends(
         Prompt(3, 0, box=moved),
     ]
     tracker = Tracker(
-        tiny_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
+        tiny256_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
     )
     ours = _run_ours(tracker, frames, prompts)
     assert [sorted(r) for r in ours] == [[0, 1], [0, 1], [0], [0], [0], [0]]
     assert ours[3][0][1].memory_frames == ()  # a conditioning frame again
-    _assert_same(ours, _oracle(tiny_checkpoint, _frames_dir(clip, 3), box=moved), 0, 3)
+    _assert_same(ours, _oracle(tiny_checkpoint, SMALL, _frames_dir(clip, 3), box=moved), 0, 3)
 
 
 def test_mask_prompt_matches_the_oracle(
-    tiny_bundle: Path, tiny_checkpoint: Path, clip: tuple[list[np.ndarray], Path]
+    tiny256_bundle: Path, tiny_checkpoint: Path, clip: tuple[list[np.ndarray], Path]
 ) -> None:
     """A mask prompt on frame 1 (the white rectangle's pixels) = the oracle's ``add_new_mask``
     on the clip from frame 1; object 0 (a box on frame 0) is tracked alongside."""
@@ -185,17 +188,17 @@ def test_mask_prompt_matches_the_oracle(
     assert 0.01 < mask.mean() < 0.2
     prompts = [Prompt(0, 0, box=BOX_A), Prompt(1, 1, mask=mask)]
     tracker = Tracker(
-        tiny_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
+        tiny256_bundle, num_frames=N, overrides=OVERRIDES, processing="host", fill_hole_area=0
     )
     ours = _run_ours(tracker, frames, prompts)
     assert [sorted(r) for r in ours] == [[0], [0, 1], [0, 1], [0, 1], [0, 1], [0, 1]]
     assert ours[1][1][1].iou == 1.0 and ours[1][1][1].object_score == 10.0
-    _assert_same(ours, _oracle(tiny_checkpoint, _frames_dir(clip, 1), mask=mask), 1, 1)
+    _assert_same(ours, _oracle(tiny_checkpoint, SMALL, _frames_dir(clip, 1), mask=mask), 1, 1)
 
 
-def test_prompt_errors(tiny_bundle: Path) -> None:
+def test_prompt_errors(tiny256_bundle: Path) -> None:
     frames = synthetic_frames(2, 160, 120)
-    tracker = Tracker(tiny_bundle, processing="host")
+    tracker = Tracker(tiny256_bundle, processing="host")
     for prompt, needle in [
         (Prompt(0, 0), "neither a box, points nor a mask"),
         (Prompt(0, 0, mask=np.ones((120, 160), bool), box=(1, 1, 5, 5)), "stands alone"),
@@ -215,9 +218,7 @@ def test_prompt_errors(tiny_bundle: Path) -> None:
 
 
 @pytest.mark.skipif(not (SHARED_VIDEOS / "cups.mp4").is_file(), reason="../shared/videos is absent")
-def test_prompts_on_a_shared_clip(
-    tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path
-) -> None:
+def test_prompts_on_a_shared_clip(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """A real clip (cups.mp4, 1280x720): object 0 a box on frame 0 (the red cup), object 1 one
     positive click on frame 1 (the small cup's centre): each equals its oracle on the clip from
     its prompted frame, both tracked in one batch."""
@@ -235,6 +236,6 @@ def test_prompts_on_a_shared_clip(
     prompts = [Prompt(0, 0, box=cup), Prompt(1, 1, points=(click,), labels=(1,))]
     ours = _run_ours(tracker, frames, prompts)
     assert [sorted(r) for r in ours] == [[0], [0, 1], [0, 1], [0, 1]]
-    _assert_same(ours, _oracle(tiny_checkpoint, tmp_path / "from0", box=cup), 0, 0)
-    ref1 = _oracle(tiny_checkpoint, tmp_path / "from1", points=[click], labels=[1])
+    _assert_same(ours, _oracle(tiny_checkpoint, 1024, tmp_path / "from0", box=cup), 0, 0)
+    ref1 = _oracle(tiny_checkpoint, 1024, tmp_path / "from1", points=[click], labels=[1])
     _assert_same(ours, ref1, 1, 1)

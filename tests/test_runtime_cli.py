@@ -2,7 +2,8 @@
 
 Bad input must give one ``error: ...`` line on stderr and exit code 2 (no traceback, no usage
 dump); outputs written before a failure midway must stay valid files. Runs that track frames use
-the tiny random-weight bundle and as few frames as the check needs (~3-4 s a frame on 2 cores).
+the tiny random-weight bundle at 256 pixels and as few frames as the check needs (~0.3 s a frame
+on 2 cores).
 """
 
 from __future__ import annotations
@@ -133,13 +134,13 @@ def test_help_texts() -> None:
         ([], ("--bbox",)),
     ],
 )
-def test_bad_boxes(tiny_bundle: Path, clip: Path, bbox: list[str], needles: tuple[str]) -> None:
-    code, _, err = invoke(tiny_bundle, clip, *bbox, "--jsonl", clip.with_suffix(".jsonl"))
+def test_bad_boxes(tiny256_bundle: Path, clip: Path, bbox: list[str], needles: tuple[str]) -> None:
+    code, _, err = invoke(tiny256_bundle, clip, *bbox, "--jsonl", clip.with_suffix(".jsonl"))
     assert_one_line_error(code, err, *needles)
     assert not clip.with_suffix(".jsonl").exists()
 
 
-def test_bad_videos(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_bad_videos(tiny256_bundle: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
     empty = tmp_path / "empty.mp4"
@@ -160,7 +161,7 @@ def test_bad_videos(tiny_bundle: Path, tmp_path: Path) -> None:
     ]
     out = tmp_path / "boxes.txt"
     for video, needles in cases:
-        code, _, err = invoke(tiny_bundle, video, "--bbox", "1,2,3,4", "--boxes-out", out)
+        code, _, err = invoke(tiny256_bundle, video, "--bbox", "1,2,3,4", "--boxes-out", out)
         assert_one_line_error(code, err, *needles)
         assert not out.exists()
 
@@ -177,11 +178,11 @@ def _bundle_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_bad_bundles(tiny_bundle: Path, clip: Path, tmp_path: Path) -> None:
-    manifest = yaml.safe_load((tiny_bundle / MANIFEST_NAME).read_text())
+def test_bad_bundles(tiny256_bundle: Path, clip: Path, tmp_path: Path) -> None:
+    manifest = yaml.safe_load((tiny256_bundle / MANIFEST_NAME).read_text())
 
     def variant(name: str, edit: dict[str, object] | None = None, text: str | None = None) -> Path:
-        root = _bundle_copy(tiny_bundle, tmp_path / name)
+        root = _bundle_copy(tiny256_bundle, tmp_path / name)
         (root / MANIFEST_NAME).unlink()  # never write through a hard link
         (root / f"{MANIFEST_NAME}.sha256").unlink()
         data = {**manifest, **(edit or {})}
@@ -195,7 +196,7 @@ def test_bad_bundles(tiny_bundle: Path, clip: Path, tmp_path: Path) -> None:
     }
     missing_file = variant("missing_file")
     (missing_file / comps["memory_encoder"]["file"]).unlink()
-    no_manifest = _bundle_copy(tiny_bundle, tmp_path / "no_manifest")
+    no_manifest = _bundle_copy(tiny256_bundle, tmp_path / "no_manifest")
     (no_manifest / MANIFEST_NAME).unlink()
     cases = [
         (tmp_path / "nowhere", ("does not exist", "samurai-compile")),
@@ -221,23 +222,23 @@ def test_bad_bundles(tiny_bundle: Path, clip: Path, tmp_path: Path) -> None:
         (["--forms", "densest"], ("--forms 'densest'", "fastest, main, dense, unfused, gemm, layernorm, int8attn")),
     ],
 )
-def test_bad_options(tiny_bundle: Path, clip: Path, option: list[str], needles: tuple[str]) -> None:
-    code, _, err = invoke(tiny_bundle, clip, "--bbox", BOX_A, "--jsonl", "o.jsonl", *option)
+def test_bad_options(tiny256_bundle: Path, clip: Path, option: list[str], needles: tuple[str]) -> None:
+    code, _, err = invoke(tiny256_bundle, clip, "--bbox", BOX_A, "--jsonl", "o.jsonl", *option)
     assert_one_line_error(code, err, *needles)
 
 
-def test_errors_are_one_line_in_a_real_process(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_errors_are_one_line_in_a_real_process(tiny256_bundle: Path, tmp_path: Path) -> None:
     """Through the real entry point: no traceback, no FFmpeg chatter next to the error."""
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    proc = run_cli(tiny_bundle, empty, "--bbox", "1,2,3,4", cwd=tmp_path)
+    proc = run_cli(tiny256_bundle, empty, "--bbox", "1,2,3,4", cwd=tmp_path)
     assert_one_line_error(proc.returncode, proc.stderr, "cannot open")
     assert not (tmp_path / "empty_boxes.txt").exists()  # the default output is not created
-    proc = run_cli(tiny_bundle, tmp_path / "x.mp4", "--bbox", "1,2,3", "--jsonl", "o.jsonl")
+    proc = run_cli(tiny256_bundle, tmp_path / "x.mp4", "--bbox", "1,2,3", "--jsonl", "o.jsonl")
     assert_one_line_error(proc.returncode, proc.stderr, "x,y,w,h")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--video_path", str(empty), "--bbox", "1,2,3,4",
-         "--model_dir", str(tiny_bundle)],
+         "--model_dir", str(tiny256_bundle)],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert_one_line_error(proc.returncode, proc.stderr, "cannot open")
@@ -252,12 +253,12 @@ def test_errors_are_one_line_in_a_real_process(tiny_bundle: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_two_objects_all_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_two_objects_all_outputs(tiny256_bundle: Path, tmp_path: Path) -> None:
     n = 6
     video = write_mp4(tmp_path / "clip.mp4", n)
     out = tmp_path / "out"
     proc = run_cli(
-        tiny_bundle, video, "--bbox", BOX_A, "--bbox", BOX_B, "--device", "cpu",
+        tiny256_bundle, video, "--bbox", BOX_A, "--bbox", BOX_B, "--device", "cpu",
         "--output-video", out / "annotated.mp4", "--boxes-out", out / "boxes.txt",
         "--masks-dir", out / "masks", "--jsonl", out / "track.jsonl", "--threads", "2",
     )  # fmt: skip
@@ -291,7 +292,7 @@ def test_two_objects_all_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_failure_midway_keeps_valid_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_failure_midway_keeps_valid_outputs(tiny256_bundle: Path, tmp_path: Path) -> None:
     """Frame 2 of a PNG folder has another size: frames 0-1 stay in every output."""
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -300,7 +301,7 @@ def test_failure_midway_keeps_valid_outputs(tiny_bundle: Path, tmp_path: Path) -
         cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     out = tmp_path / "out"
     proc = run_cli(
-        tiny_bundle, folder, "--bbox", BOX_A, "--output-video", out / "a.mp4",
+        tiny256_bundle, folder, "--bbox", BOX_A, "--output-video", out / "a.mp4",
         "--boxes-out", out / "b.txt", "--jsonl", out / "t.jsonl", "--masks-dir", out / "m",
         "--no-progress",
     )  # fmt: skip
@@ -315,7 +316,7 @@ def test_failure_midway_keeps_valid_outputs(tiny_bundle: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_interrupt_midway_keeps_valid_outputs(
-    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny256_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Ctrl-C while frame 1 is read (a frame iterator): exit 130, frame 0 written and valid."""
 
@@ -325,7 +326,7 @@ def test_interrupt_midway_keeps_valid_outputs(
 
     out = tmp_path / "out"
     code = cli.execute(
-        tiny_bundle, frames(), [BOX_A], output_video=out / "a.mp4", boxes_out=out / "b.txt",
+        tiny256_bundle, frames(), [BOX_A], output_video=out / "a.mp4", boxes_out=out / "b.txt",
         progress=False,
     )  # fmt: skip
     assert code == 130
@@ -335,13 +336,13 @@ def test_interrupt_midway_keeps_valid_outputs(
 
 
 @pytest.mark.slow
-def test_cuda_without_cuda_falls_back_with_a_warning(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_cuda_without_cuda_falls_back_with_a_warning(tiny256_bundle: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is available here; the fallback is for machines without it")
     write_mp4(tmp_path / "one.mp4", 1)
-    proc = run_cli(tiny_bundle, "one.mp4", "--bbox", BOX_A, "--device", "cuda", cwd=tmp_path)
+    proc = run_cli(tiny256_bundle, "one.mp4", "--bbox", BOX_A, "--device", "cuda", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "CUDAExecutionProvider" in line]
     assert len(warnings) == 1, proc.stderr  # once, not once per graph
@@ -352,12 +353,12 @@ def test_cuda_without_cuda_falls_back_with_a_warning(tiny_bundle: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_onnx_inference_script(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_onnx_inference_script(tiny256_bundle: Path, tmp_path: Path) -> None:
     """The user guide's command line, output video and the default box file."""
     video = write_mp4(tmp_path / "walk.mp4", 2)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--video_path", str(video), "--bbox", BOX_A,
-         "--model_dir", str(tiny_bundle), "--device", "cpu",
+         "--model_dir", str(tiny256_bundle), "--device", "cpu",
          "--output_video", str(tmp_path / "walk_out.mp4")],
         capture_output=True, text=True, cwd=tmp_path, timeout=900,
     )  # fmt: skip
@@ -369,12 +370,12 @@ def test_onnx_inference_script(tiny_bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_VIDEOS / "cups.mp4").is_file(), reason="../shared/videos is absent")
-def test_cups_two_boxes_all_outputs(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_cups_two_boxes_all_outputs(tiny256_bundle: Path, tmp_path: Path) -> None:
     """The shared clip with its two documented boxes (red cup, yellow ball): all four outputs."""
     n = 3
     out = tmp_path / "cups"
     proc = run_cli(
-        tiny_bundle, SHARED_VIDEOS / "cups.mp4",
+        tiny256_bundle, SHARED_VIDEOS / "cups.mp4",
         "--bbox", "574,294,162,246", "--bbox", "364,424,74,76", "--max-frames", str(n),
         "--output-video", out / "cups.mp4", "--boxes-out", out / "boxes.txt",
         "--masks-dir", out / "masks", "--jsonl", out / "cups.jsonl",

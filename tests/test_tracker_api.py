@@ -1,7 +1,7 @@
 """The Python API on the tiny random-weight bundle: ``Tracker`` and ``SAMURAIONNXPredictor``.
 
-Every frame costs one image-encoder pass (~3-4 s on two CPU cores, whatever the video size), so
-the clips are 2-3 frames long and small. The model's weights are random: these tests check the
+Every frame costs one image-encoder pass whatever the video size (~0.3 s on two CPU cores for the
+256-pixel model these tests use, ~3-8 s at 1024 pixels), so the clips are 2-3 frames long and small. The model's weights are random: these tests check the
 plumbing (frame sources, several objects, determinism, no torch), not tracking quality.
 """
 
@@ -76,12 +76,12 @@ def boxes_of(results: list[FrameResult]) -> list[list[tuple[int, int, int, int] 
 
 
 @pytest.fixture(scope="module")
-def tracker(tiny_bundle: Path) -> Tracker:
-    return Tracker(tiny_bundle, device="cpu")
+def tracker(tiny256_bundle: Path) -> Tracker:
+    return Tracker(tiny256_bundle, device="cpu")
 
 
 @pytest.mark.slow
-def test_runtime_never_imports_torch(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_runtime_never_imports_torch(tiny256_bundle: Path, tmp_path: Path) -> None:
     """In a fresh interpreter where ``import torch`` raises, the runtime tracks 3 frames."""
     script = tmp_path / "no_torch.py"
     script.write_text(
@@ -105,7 +105,7 @@ def test_runtime_never_imports_torch(tiny_bundle: Path, tmp_path: Path) -> None:
             from samurai_onnx.runtime.cli import run_tracking  # the CLI's module too
 
             frames = (np.full(({H}, {W}, 3), 40 * k, np.uint8) for k in range(3))
-            tracker = rt.Tracker({str(tiny_bundle)!r}, device="cpu")
+            tracker = rt.Tracker({str(tiny256_bundle)!r}, device="cpu")
             results = list(tracker.track(frames, (40, 30, 50, 40)))
             assert [r.index for r in results] == [0, 1, 2], results
             assert not attempts, "import torch attempted:\\n" + "\\n".join(attempts)
@@ -159,9 +159,9 @@ def test_track_iterator_two_objects(tracker: Tracker) -> None:
 
 
 @pytest.mark.slow
-def test_predictor_on_frame_folder(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_predictor_on_frame_folder(tiny256_bundle: Path, tmp_path: Path) -> None:
     folder = write_images(scene(2), tmp_path / "frames", ".jpg")
-    predictor = SAMURAIONNXPredictor(tiny_bundle, device="cpu")
+    predictor = SAMURAIONNXPredictor(tiny256_bundle, device="cpu")
     results = list(predictor.track_video(folder, BOX_A))
     assert [r.index for r in results] == [0, 1]
     assert all(len(r.objects) == 1 and r.objects[0].mask.shape == (H, W) for r in results)
