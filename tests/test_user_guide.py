@@ -46,7 +46,7 @@ def test_validate_default_box() -> None:
 
 @pytest.mark.slow
 @requires_oracle
-def test_validate_without_bbox(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_validate_without_bbox(tiny256_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The guide's command has no --bbox: the centre half of the first frame is used (said on
     stderr) and the comparison runs."""
     frames = write_frames(synthetic_frames(2), tmp_path / "frames")
@@ -54,7 +54,7 @@ def test_validate_without_bbox(tiny_bundle: Path, tiny_checkpoint: Path, tmp_pat
     proc = subprocess.run(
         [sys.executable, "scripts/validate_onnx.py",
          "--pytorch_model", "configs/samurai/sam2.1_hiera_t.yaml",
-         "--onnx_models", str(tiny_bundle), "--test_video", str(frames),
+         "--onnx_models", str(tiny256_bundle), "--test_video", str(frames),
          "--checkpoint", str(tiny_checkpoint), "--frames", "2", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

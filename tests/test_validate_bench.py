@@ -42,12 +42,14 @@ def test_validate_reports_every_graph_and_frame(tiny_bundle: Path, tiny_checkpoi
     assert "| memory_attention | conditioned_features |" in md and "**PASS**" in md
 
 
-def test_validate_cli_exit_codes(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_validate_cli_exit_codes(tiny256_bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A 256-pixel bundle validates against SAMURAI's code built at 256 pixels (exit 0); a
+    config of another size or a checkpoint the bundle was not built from exit 2."""
     frames = write_frames(synthetic_frames(2), tmp_path / "frames")
     out = tmp_path / "report.json"
     cmd = [
         sys.executable, "scripts/validate_onnx.py", "--pytorch_model", "configs/samurai/sam2.1_hiera_t.yaml",
-        "--onnx_models", str(tiny_bundle), "--test_video", str(frames), "--bbox", "100,120,90,70",
+        "--onnx_models", str(tiny256_bundle), "--test_video", str(frames), "--bbox", "100,120,90,70",
         "--checkpoint", str(tiny_checkpoint), "--frames", "2", "--json", str(out),
     ]
     repo = Path(__file__).resolve().parent.parent
@@ -61,18 +63,18 @@ def test_validate_cli_exit_codes(tiny_bundle: Path, tiny_checkpoint: Path, tmp_p
     other = tmp_path / "other.pt"
     other.write_bytes(tiny_checkpoint.read_bytes()[:-1] + b"x")
     bad = subprocess.run(
-        [sys.executable, "-m", "samurai_onnx.compiler.evaluate.validate_cli", str(tiny_bundle), str(frames),
+        [sys.executable, "-m", "samurai_onnx.compiler.evaluate.validate_cli", str(tiny256_bundle), str(frames),
          "--bbox", "100,120,90,70", "--checkpoint", str(other)],
         capture_output=True, text=True, cwd=repo, check=False,
     )
     assert bad.returncode == 2 and "not the one the bundle was built from" in bad.stderr
 
 
-def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
+def test_bench_onnx_side_and_markdown(tiny256_bundle: Path) -> None:
     from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
 
     args = {
-        "bundle": str(tiny_bundle), "device": "cpu", "batch_sizes": [1, 2], "video": None,
+        "bundle": str(tiny256_bundle), "device": "cpu", "batch_sizes": [1, 2], "video": None,
         "box": list(SYNTHETIC_BOX), "frames": 3, "repeats": 1, "threads": None, "size": "tiny",
         "steady_from": 1, "objects": [1, 2],
     }  # fmt: skip
@@ -98,6 +100,31 @@ def test_bench_onnx_side_and_markdown(tiny_bundle: Path) -> None:
     md = to_markdown(report)
     assert "| image_encoder | 1 |" in md and "| memory_attention | 2 |" in md
     assert "| onnx | 2 |" in md and "one object per pass" in md
+
+
+def test_bench_reference_side_at_the_bundle_size(tiny256_bundle: Path, tiny_checkpoint: Path) -> None:
+    """The reference (SAMURAI's PyTorch code) is built at the bundle's image size: its graph calls
+    take that size's shapes and its masks equal the fp32 bundle's on every frame. The size comes
+    from the bundle, as samurai-bench passes it."""
+    from samurai_onnx.compiler.evaluate.bench import benchmark
+    from samurai_onnx.runtime.bundle import load_bundle
+
+    args = {
+        "bundle": str(tiny256_bundle), "device": "cpu", "batch_sizes": [1, 2], "video": None,
+        "box": list(SYNTHETIC_BOX), "frames": 3, "repeats": 1, "threads": None, "size": "tiny",
+        "image_size": load_bundle(tiny256_bundle).tracker.image_size, "steady_from": 1,
+        "objects": [1], "checkpoint": str(tiny_checkpoint),
+    }  # fmt: skip
+    assert args["image_size"] == 256
+    report = benchmark(args)
+    torch_side = report["sides"]["pytorch"]
+    assert set(torch_side["components"]) == {
+        "image_encoder", "memory_attention", "mask_decoder", "memory_encoder",
+    }  # fmt: skip
+    assert set(torch_side["components"]["memory_attention"]) == {"1", "2"}
+    assert torch_side["end_to_end"]["1"]["frames_timed"] == 2
+    iou = report["sides"]["onnx"]["iou_vs_fp32_reference"]
+    assert iou["frames"] == 3 and iou["min"] >= 0.999, iou
 
 
 @pytest.mark.parametrize(("frames", "first"), [(2, 1), (9, 8), (12, 8), (16, 8), (17, 16), (40, 16)])

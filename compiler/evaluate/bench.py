@@ -182,25 +182,28 @@ def reference_calls(
     import torch
 
     n, p = oracle.num_maskmem, oracle.max_obj_ptrs_in_encoder
-    img = torch.randn(b, 3, oracle.image_size, oracle.image_size, generator=g).to(device)
-    vf = torch.randn(64 * 64, b, 256, generator=g).to(device)
+    size, feat = oracle.image_size, oracle.sam_image_embedding_size
+    d, m = oracle.hidden_dim, oracle.mem_dim
+    img = torch.randn(b, 3, size, size, generator=g).to(device)
+    vf = torch.randn(feat * feat, b, d, generator=g).to(device)
     with torch.inference_mode(), ctx():
         backbone = oracle.forward_image(img[:1])
         hr = [t.expand(b, -1, -1, -1) for t in backbone["backbone_fpn"][:2]]
-    memory = torch.randn(n * 4096 + p * 4, b, 64, generator=g).to(device)
-    mask = torch.randn(b, 1, 1024, 1024, generator=g).to(device)
+    # a full bank: n memories of feat x feat tokens, p pointers of d / m tokens each
+    memory = torch.randn(n * feat * feat + p * (d // m), b, m, generator=g).to(device)
+    mask = torch.randn(b, 1, size, size, generator=g).to(device)
     return {
         "image_encoder": partial(oracle.forward_image, img[:1]),
         "memory_attention": partial(
             oracle.memory_attention, curr=[vf], curr_pos=[vf], memory=memory,
-            memory_pos=memory, num_obj_ptr_tokens=p * 4,
+            memory_pos=memory, num_obj_ptr_tokens=p * (d // m),
         ),
         "mask_decoder": partial(
-            oracle._forward_sam_heads, vf.permute(1, 2, 0).reshape(b, 256, 64, 64),
+            oracle._forward_sam_heads, vf.permute(1, 2, 0).reshape(b, d, feat, feat),
             None, None, hr, True,
         ),
         "memory_encoder": partial(
-            oracle._encode_new_memory, [vf], [(64, 64)], mask,
+            oracle._encode_new_memory, [vf], [(feat, feat)], mask,
             torch.ones(b, 1, device=device), False,
         ),
     }  # fmt: skip
@@ -215,7 +218,10 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
     oracle = build_oracle(
-        args["size"], Path(args["checkpoint"]), {**FULL_BANK, "fill_hole_area": 0}, device=device
+        args["size"],
+        Path(args["checkpoint"]),
+        {**FULL_BANK, "fill_hole_area": 0, "image_size": int(args.get("image_size") or 1024)},
+        device=device,
     )
     half = bool(args.get("autocast"))
     side = "pytorch-fp16" if half else "pytorch"

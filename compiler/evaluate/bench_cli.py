@@ -134,15 +134,17 @@ def bench(
             "repeats": repeats,
             "threads": threads,
             "size": info.model_name,
+            "image_size": info.tracker.image_size,  # the reference is built at the bundle's size
             "steady_from": steady_from(frames, info.tracker),
             "reference_runs": reference_runs,
         }
         for other in compare:
             theirs = load_bundle(other)
-            if (theirs.model_name, theirs.source_checkpoint_sha256) != (
-                info.model_name,
-                info.source_checkpoint_sha256,
-            ):
+            if (
+                theirs.model_name,
+                theirs.source_checkpoint_sha256,
+                theirs.tracker.image_size,
+            ) != (info.model_name, info.source_checkpoint_sha256, info.tracker.image_size):
                 raise ValueError(
                     f"--compare {other}: built from another model or checkpoint than {bundle} "
                     f"(SAM 2.1 {theirs.model_name}, checkpoint sha256 "

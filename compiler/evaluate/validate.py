@@ -464,7 +464,12 @@ def validate(
     height, width = clip[0].shape[:2]
     box = check_box(box, width, height)
     overrides = dict(overrides or {})
-    oracle = build_oracle(size, checkpoint, {**overrides, "fill_hole_area": 0})
+    # SAM 2's modules follow model.image_size as the compiler's do: the oracle of a bundle made
+    # for another input size (scripts/small_manifest.py) is SAMURAI's code built at that size
+    image_size = bundle.tracker.image_size
+    oracle = build_oracle(
+        size, checkpoint, {**overrides, "fill_hole_area": 0, "image_size": image_size}
+    )
     report.components = _component_reports(graphs, oracle, clip[0], box)
     with tempfile.TemporaryDirectory(prefix="samurai-validate-") as tmp:
         import cv2
