@@ -5,8 +5,8 @@ a local Ray with 2 workers tracks the two good sequences on two different worker
 retries, then reports, the broken one (exit code 1, the others unharmed); once the frame is
 repaired and one finished result truncated, a second run tracks only those two and leaves the
 finished sequence's file untouched; every result equals ``samurai-run`` on that sequence alone.
-A GOT-10k-layout run checks that layout. Frames cost ~3 s each here; the runs track 16 in all
-(the broken sequence fails before its first frame is tracked).
+A GOT-10k-layout run checks that layout. The bundle is the 256-pixel model (~0.3 s a frame); the
+runs track 16 frames in all (the broken sequence fails before its first frame is tracked).
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ def eval_cli_run(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def ray_run(lasot_dir: Path, tiny_bundle: Path) -> tuple[Path, int, str]:
+def ray_run(lasot_dir: Path, tiny256_bundle: Path) -> tuple[Path, int, str]:
     pytest.importorskip("ray", reason="Ray (eval / dev extra) is not installed")
     out = lasot_dir.parent / "results"
     code, err = eval_cli_run(
-        str(lasot_dir), "--bundle", str(tiny_bundle), "--out", str(out), "--workers", "2",
+        str(lasot_dir), "--bundle", str(tiny256_bundle), "--out", str(out), "--workers", "2",
         "--threads", "1", "--retries", "1",
     )  # fmt: skip
     return out, code, err
@@ -103,7 +103,7 @@ def test_ray_two_workers_track_three_sequences_and_report_the_broken_one(
 
 
 @pytest.fixture(scope="module")
-def resumed(ray_run: tuple[Path, int, str], lasot_dir: Path, tiny_bundle: Path) -> dict:
+def resumed(ray_run: tuple[Path, int, str], lasot_dir: Path, tiny256_bundle: Path) -> dict:
     out = ray_run[0]
     broken = first_frame(lasot_dir, BROKEN)
     shutil.copy(broken.with_suffix(".good"), broken)
@@ -112,7 +112,7 @@ def resumed(ray_run: tuple[Path, int, str], lasot_dir: Path, tiny_bundle: Path) 
     partial = out / "box-2.txt"
     partial.write_text(partial.read_text().splitlines()[0] + "\n")  # as if cut off
     code, err = eval_cli_run(
-        str(lasot_dir), "--bundle", str(tiny_bundle), "--out", str(out), "--backend", "local"
+        str(lasot_dir), "--bundle", str(tiny256_bundle), "--out", str(out), "--backend", "local"
     )
     return {"out": out, "code": code, "err": err, "before": before}
 
@@ -134,24 +134,24 @@ def test_resume_skips_finished_sequences_and_redoes_partial_and_failed_ones(
 
 
 def test_results_equal_samurai_run_on_each_sequence_alone(
-    resumed: dict, lasot_dir: Path, tiny_bundle: Path, tmp_path: Path
+    resumed: dict, lasot_dir: Path, tiny256_bundle: Path, tmp_path: Path
 ) -> None:
     for name, start in SEQUENCES:
         boxes = tmp_path / f"{name}.txt"
         box = ",".join(f"{v:g}" for v in truth(start)[0])
-        args = [str(tiny_bundle), str(lasot_dir / "box" / name / "img"), "--bbox", box]
+        args = [str(tiny256_bundle), str(lasot_dir / "box" / name / "img"), "--bbox", box]
         result = CliRunner().invoke(runtime_cli.app, [*args, "--boxes-out", str(boxes)])
         assert result.exit_code == 0, result.stderr
         assert (resumed["out"] / f"{name}.txt").read_text() == boxes.read_text(), name
 
 
 def test_got10k_layout_run_writes_the_toolkit_files(
-    ray_run: tuple[Path, int, str], tiny_bundle: Path, tmp_path: Path
+    ray_run: tuple[Path, int, str], tiny256_bundle: Path, tmp_path: Path
 ) -> None:
     val = tmp_path / "val"
     make_got10k_sequence(val, "GOT-10k_Val_000001", FRAMES[0:2], truth(0), [8, 5])
     out = tmp_path / "results"
-    run = run_dataset(load_dataset(val), tiny_bundle, out, backend="local", progress=False)
+    run = run_dataset(load_dataset(val), tiny256_bundle, out, backend="local", progress=False)
     assert run.names("tracked") == ["GOT-10k_Val_000001"]
     seq_dir = out / "GOT-10k_Val_000001"
     assert sorted(p.name for p in seq_dir.iterdir()) == [
