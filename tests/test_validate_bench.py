@@ -160,9 +160,12 @@ def test_bench_compares_n_objects_with_n_reference_runs() -> None:
     assert "N x its 1-object s / frame" in md
 
 
-def test_bench_compares_bundles_in_one_run(tiny256_bundle: Path, tmp_path: Path) -> None:
+def test_bench_compares_bundles_in_one_run(
+    tiny256_bundle: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
     """--compare: other bundles of the same checkpoint get their own sides and rows in the same
-    run (one reference for all); a bundle of another checkpoint is refused in one line."""
+    run (one reference for all); a bundle of another checkpoint or image size is refused in one
+    line."""
     import shutil
 
     import yaml
@@ -201,7 +204,15 @@ def test_bench_compares_bundles_in_one_run(tiny256_bundle: Path, tmp_path: Path)
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "another model or checkpoint" in lines[0], result.stderr
+    assert len(lines) == 1 and "another model, checkpoint or image size" in lines[0], result.stderr
+    # the same checkpoint at 1024 pixels: another reference, refused too
+    result = subprocess.run(
+        [sys.executable, "-m", "samurai_onnx.compiler.evaluate.bench_cli", str(tiny256_bundle),
+         "--compare", str(tiny_bundle), "--no-reference", "--frames", "2"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "at 1024 pixels" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_markdown_shows_the_ratio_to_fp16_autocast() -> None:

@@ -89,8 +89,8 @@ def bench(
     compare: list[Path] = typer.Option(
         [],
         "--compare",
-        help="Another bundle of the same model and checkpoint (e.g. another target) timed in "
-        "the same run against the same reference; repeat for several.",
+        help="Another bundle of the same model, checkpoint and image size (e.g. another target) "
+        "timed in the same run against the same reference; repeat for several.",
     ),
     no_reference: bool = typer.Option(False, "--no-reference", help="Skip the PyTorch reference."),
     reference_runs: int = typer.Option(
@@ -110,8 +110,9 @@ def bench(
     seconds per frame with a full memory bank split into time in graphs and host time, and peak
     RSS; for the bundle and (unless --no-reference) for the PyTorch reference (on --device cuda
     in fp32 and in SAMURAI's fp16 autocast), with the ratios and the per-frame mask IoU against
-    the fp32 reference; as a Markdown table and JSON. With --compare, other bundles of the same
-    checkpoint get their own rows in the same run."""
+    the fp32 reference (SAMURAI's code built at the bundle's image size); as a Markdown table and
+    JSON. With --compare, other bundles of the same checkpoint and image size get their own rows
+    in the same run."""
     from samurai_onnx.compiler.evaluate.bench import benchmark, to_markdown
     from samurai_onnx.compiler.evaluate.oracle import reference_checkpoint
     from samurai_onnx.runtime.bundle import PROCESSING, BundleError, load_bundle
@@ -146,10 +147,11 @@ def bench(
                 theirs.tracker.image_size,
             ) != (info.model_name, info.source_checkpoint_sha256, info.tracker.image_size):
                 raise ValueError(
-                    f"--compare {other}: built from another model or checkpoint than {bundle} "
-                    f"(SAM 2.1 {theirs.model_name}, checkpoint sha256 "
+                    f"--compare {other}: built from another model, checkpoint or image size "
+                    f"than {bundle} (SAM 2.1 {theirs.model_name} at "
+                    f"{theirs.tracker.image_size} pixels, checkpoint sha256 "
                     f"{theirs.source_checkpoint_sha256[:12]}...), so one reference cannot serve "
-                    "both; compare bundles of the same checkpoint"
+                    "both; compare bundles of the same checkpoint and size"
                 )
             if other.resolve() == bundle.resolve():
                 raise ValueError(f"--compare {other}: that is the bundle being benchmarked")
