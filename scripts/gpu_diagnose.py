@@ -224,9 +224,8 @@ def torch_profile(bundle: Any, checkpoint: Path, device: str, graphs: list[str])
     from samurai_onnx.compiler.evaluate.bench import FULL_BANK, reference_calls
     from samurai_onnx.compiler.evaluate.oracle import build_oracle
 
-    oracle = build_oracle(
-        bundle.model_name, checkpoint, {**FULL_BANK, "fill_hole_area": 0}, device=device
-    )
+    settings = {**FULL_BANK, "fill_hole_area": 0, "image_size": bundle.tracker.image_size}
+    oracle = build_oracle(bundle.model_name, checkpoint, settings, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     out: dict[str, Any] = {}
     for half in (False, True) if device == "cuda" else (False,):

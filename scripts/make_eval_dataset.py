@@ -64,7 +64,8 @@ def main() -> None:
     checkpoint = reference_checkpoint(
         bundle.model_name, bundle.source_checkpoint_sha256, args.checkpoint
     )
-    oracle = build_oracle(bundle.model_name, checkpoint).eval()
+    size = {"image_size": bundle.tracker.image_size}  # SAMURAI's code at the bundle's size
+    oracle = build_oracle(bundle.model_name, checkpoint, size).eval()
     for clip, name, box in SEQUENCES:
         seq = args.out / name.rsplit("-", 1)[0] / name
         count = extract_frames(args.videos / clip, seq / "img", args.frames)
