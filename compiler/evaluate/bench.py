@@ -220,7 +220,7 @@ def run_torch_side(args: dict[str, Any]) -> SideResult:
     oracle = build_oracle(
         args["size"],
         Path(args["checkpoint"]),
-        {**FULL_BANK, "fill_hole_area": 0, "image_size": int(args.get("image_size") or 1024)},
+        {**FULL_BANK, "fill_hole_area": 0, "image_size": int(args["image_size"])},
         device=device,
     )
     half = bool(args.get("autocast"))
