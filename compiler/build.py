@@ -434,6 +434,7 @@ def compile_bundle(
             "format": target.format,
             "memory_shape": target.memory_shape,
             "processing": target.processing,
+            "prefetch": target.prefetch,
             "depthwise": target.depthwise,
             "alternatives": list(target.alternatives),
             "engine": target.engine,

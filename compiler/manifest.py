@@ -98,6 +98,7 @@ class TargetManifest:
     memory_shape: str
     fused_attention: bool = False  # may graphs use fused attention ops (ORT contrib kernels)?
     processing: str = "graph"  # pre/postprocessing in graphs, or on the host (exact parity)
+    prefetch: bool = False  # encode the next frame while this one is tracked (runtime/ahead.py)
     depthwise: str = "grouped"  # depthwise convolutions as grouped Conv, or dense (GPU)
     alternatives: tuple[str, ...] = ()  # other forms of graphs, the fastest runs (bundle.FORMS)
     engine: str = "onnxruntime"
@@ -288,6 +289,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "memory_shape",
             "fused_attention",
             "processing",
+            "prefetch",
             "depthwise",
             "alternatives",
             "engine",
@@ -296,11 +298,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         where,
     )
     name = _require(data, "name", where, str)
-    fused_attention = data.get("fused_attention", False)
-    if not isinstance(fused_attention, bool):
-        raise ManifestError(
-            f"{_at(where, 'fused_attention')}: expected true or false, got {short(fused_attention)}"
-        )
+    fused_attention = _flag(data, "fused_attention", where)
     providers = _require(data, "providers", where, list)
     if not providers or not all(_kind_ok(p, str) for p in providers):
         raise ManifestError(
@@ -374,11 +372,20 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         memory_shape=choice("memory_shape", "dynamic", MEMORY_SHAPES),
         fused_attention=fused_attention,
         processing=choice("processing", "graph", PROCESSING),
+        prefetch=_flag(data, "prefetch", where),
         depthwise=depthwise,
         alternatives=alternatives,
         engine=choice("engine", "onnxruntime", ENGINES),
         engine_options=engine_options,
     )
+
+
+def _flag(data: dict[str, Any], key: str, where: str) -> bool:
+    """An optional true/false field (false when absent)."""
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ManifestError(f"{_at(where, key)}: expected true or false, got {short(value)}")
+    return value
 
 
 def _alternatives(value: Any, where: str) -> tuple[str, ...]:

@@ -289,6 +289,11 @@ class Bundle:
         return str(self.target.get("processing", "graph"))
 
     @property
+    def prefetch(self) -> bool:
+        """Whether the target encodes the next frame while this one is tracked, by default."""
+        return bool(self.target.get("prefetch", False))
+
+    @property
     def fixed_batch(self) -> int | None:
         """Objects per graph call when the bundle was built without dynamic batches, else None."""
         first = self.components["mask_decoder"].inputs
@@ -343,6 +348,7 @@ _TARGET_KEYS = {
     "format": str,
     "memory_shape": str,
     "processing": str,
+    "prefetch": bool,
     "depthwise": str,
     "alternatives": list,
     "engine": str,
@@ -457,6 +463,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
         optional=(
             "provider_options",
             "processing",
+            "prefetch",
             "depthwise",
             "alternatives",
             "engine",

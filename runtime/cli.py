@@ -261,14 +261,16 @@ def load_tracker(
     threads: int | None = None,
     fill_hole_area: int | None = None,
     forms: str = "fastest",
+    prefetch: bool | None = None,
 ) -> Tracker:
     """A ``Tracker``, with ONNX Runtime's own load failures reported as a ``BundleError``."""
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     try:
         return Tracker(
-            bundle, device=device, threads=threads, fill_hole_area=fill_hole_area, forms=forms
-        )
+            bundle, device=device, threads=threads, fill_hole_area=fill_hole_area, forms=forms,
+            prefetch=prefetch,
+        )  # fmt: skip
     except EngineError as exc:
         raise BundleError(f"{bundle.path}: {exc}; rebuild the bundle") from None
 
@@ -292,6 +294,7 @@ def run_tracking(
     prompts: Sequence[Prompt] = (),
     extra_inputs: Sequence[str | os.PathLike[str]] = (),
     forms: str = "fastest",
+    prefetch: bool | None = None,
 ) -> RunSummary:
     """Track ``boxes`` (objects 0, 1, ... on frame 0) and ``prompts`` (any frame, any object id)
     through ``video`` and write the requested outputs.
@@ -351,8 +354,9 @@ def run_tracking(
         boxes = [check_box(box, width, height, index=i) for i, box in enumerate(boxes)]
         prompts = [check_prompt(p, (width, height)) for p in prompts]  # all, before frame 0
         tracker = load_tracker(
-            manifest, device=device, threads=threads, fill_hole_area=fill_hole_area, forms=forms
-        )
+            manifest, device=device, threads=threads, fill_hole_area=fill_hole_area, forms=forms,
+            prefetch=prefetch,
+        )  # fmt: skip
         if stop is not None:
             stop.check()
         counts = [n for n in (source.frame_count, max_frames) if n]
@@ -696,6 +700,15 @@ def run(
         "cuda targets' memory encoder): fastest (each timed on the device when loading), main, "
         "or a form by name (dense, unfused, gemm, layernorm, int8attn). Bundles with one form per graph ignore it.",
     ),
+    prefetch: bool | None = typer.Option(
+        None,
+        "--prefetch/--no-prefetch",
+        help="Encode the next frame while this one is tracked (a second thread; same results). "
+        "Meant for GPUs, which the other graphs leave idle much of the time (launch-bound); on "
+        "a CPU whose cores are busy it only adds contention. Off with CUDA graphs. Default: the "
+        "bundle's target (its prefetch field).",
+        show_default=False,
+    ),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Progress bar with frames per second on stderr."
     ),
@@ -718,6 +731,7 @@ def run(
         progress=progress,
         prompts_file=prompts,
         forms=forms,
+        prefetch=prefetch,
     )
     raise typer.Exit(code)
 

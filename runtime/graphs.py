@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from samurai_onnx.runtime.ahead import Ahead
 from samurai_onnx.runtime.bundle import PROCESSING, Bundle, BundleError
 from samurai_onnx.runtime.contract import ContractError, contract, steady_state_feeds
 from samurai_onnx.runtime.engine import Engine, EngineError, GraphSession
@@ -44,6 +45,9 @@ from samurai_onnx.runtime.preprocess import mask_to_box, preprocess_frame, upsam
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]
+
+# the graphs that make a frame's features (run ahead of the frame when prefetching)
+ENCODING = ("preprocess", "image_encoder")
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,10 @@ class SamuraiGraphs:
                     f"contract ({exc}); rebuild the bundle with this samurai-compile"
                 ) from None
         self._constants: dict[tuple[str, int], Any] = {}
+        self._ahead: Ahead[FrameFeatures] | None = None
+        # seconds the caller's thread spent getting features: the encoding graphs' runs, or
+        # the wait for features encoded ahead (their runs overlap the other graphs)
+        self._encode_seconds = 0.0
         warning = self.check_attention_kernels()
         if warning:
             log.warning("%s", warning)
@@ -237,8 +245,10 @@ class SamuraiGraphs:
 
     @property
     def graph_seconds(self) -> float:
-        """Seconds spent inside graph runs so far (all graphs)."""
-        return sum(s.seconds for s in self.sessions.values())
+        """Seconds the caller's thread spent inside graph runs so far (all graphs; for features
+        encoded ahead, the time it waited for them)."""
+        rest = sum(s.seconds for name, s in self.sessions.items() if name not in ENCODING)
+        return rest + self._encode_seconds
 
     def _const(self, kind: str, b: int) -> Any:
         """Per-batch-size constant inputs, uploaded once (zeros, padding points)."""
@@ -256,8 +266,36 @@ class SamuraiGraphs:
         return self._constants[key]
 
     # -- the steps ----------------------------------------------------------------------------
+    def encode_ahead(self, frame: np.ndarray) -> None:
+        """Start encoding ``frame`` in a background thread (``runtime/ahead.py``); the next
+        ``encode_image`` of this very array takes the result. Not for engines with fixed output
+        buffers (CUDA graphs): the next run would write into the features still in use."""
+        if self._ahead is None:
+            self._ahead = Ahead(self._encode)
+        self._ahead.submit(frame)
+
+    def drop_ahead(self) -> None:
+        """Forget a frame encoded ahead and not taken (waiting for its run to end)."""
+        if self._ahead is not None:
+            self._ahead.drop()
+
     def encode_image(self, frame: np.ndarray) -> FrameFeatures:
-        """RGB uint8 HxWx3 frame -> features (preprocessed in a graph or on the host)."""
+        """RGB uint8 HxWx3 frame -> features: those encoded ahead for this array, else now."""
+        got = self._ahead.take(frame) if self._ahead is not None else None
+        if got is not None:
+            self._encode_seconds += got[1]
+            return got[0]
+        before = self._encoding_runs()
+        features = self._encode(frame)
+        self._encode_seconds += self._encoding_runs() - before
+        return features
+
+    def _encoding_runs(self) -> float:
+        """Seconds inside the encoding graphs' runs so far (whichever thread ran them)."""
+        return sum(self.sessions[n].seconds for n in ENCODING if n in self.sessions)
+
+    def _encode(self, frame: np.ndarray) -> FrameFeatures:
+        """Preprocess (in a graph or on the host) and run the image encoder."""
         if self.processing == "graph":
             image = self.sessions["preprocess"].run({"frame": frame})["image"]
         else:

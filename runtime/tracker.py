@@ -37,7 +37,7 @@ from samurai_onnx.runtime.engine.base import DEVICES
 from samurai_onnx.runtime.engine.forms import check_forms
 from samurai_onnx.runtime.graphs import Decoded, FrameFeatures, MemoryPools, SamuraiGraphs
 from samurai_onnx.runtime.memory import MemoryBank, MemoryEntry
-from samurai_onnx.runtime.preprocess import fill_holes, validate_frame
+from samurai_onnx.runtime.preprocess import FrameError, fill_holes, validate_frame
 from samurai_onnx.runtime.video import ObjectResult, Source, open_frames
 
 log = logging.getLogger(__name__)
@@ -263,8 +263,10 @@ class Tracker:
     ``processing`` chooses pre/postprocessing in graphs (fast) or on the host (exact parity with
     the oracle), ``max_batch`` caps how many objects share one graph call (None: all; 1: every
     object alone), ``forms`` which form runs of a graph the bundle holds in several (``fastest``,
-    timed at load; ``main``; or a form's name), ``overrides`` any other run-time setting of
-    ``TrackerSettings``. ``num_frames``
+    timed at load; ``main``; or a form's name), ``prefetch`` whether ``track`` encodes the next
+    frame while this one is tracked (default: the bundle's target; ``encode_ahead`` does it for
+    callers of ``step``), ``overrides`` any other run-time setting of ``TrackerSettings``.
+    ``num_frames``
     (the video length) matters for videos shorter than 16 frames, where SAMURAI scales pointer
     distances by it; ``track`` takes it from the source when it is not given here.
     """
@@ -282,6 +284,7 @@ class Tracker:
         max_batch: int | None = None,
         profile_prefix: str | None = None,
         forms: str = "fastest",
+        prefetch: bool | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         changes = dict(overrides or {})
@@ -310,6 +313,16 @@ class Tracker:
         # a bundle built without dynamic batches takes one object per call
         limits = [v for v in (max_batch, self.bundle.fixed_batch) if v]
         self.max_batch = min(limits) if limits else None
+        if prefetch is not None and not isinstance(prefetch, bool):
+            raise TrackerError(f"prefetch is {prefetch!r}; it must be True or False")
+        self.prefetch = self.bundle.prefetch if prefetch is None else prefetch
+        if self.prefetch and self.engine.fixed_buffers:
+            log.warning(
+                "prefetch is off: the graphs run with fixed output buffers (CUDA graphs), so a "
+                "frame encoded ahead would overwrite the features in use; drop enable_cuda_graph "
+                "from the target's CUDA options to prefetch"
+            )
+            self.prefetch = False
         self.num_frames = num_frames
         self._num_frames_given = num_frames
         self.session: VideoSession | None = None
@@ -320,7 +333,8 @@ class Tracker:
     def describe(self) -> str:
         """The engine line, with the form each multi-form graph runs in (bench, logs)."""
         forms = self.graphs.describe_forms()
-        return self.engine.describe() + (f"; forms: {forms}" if forms else "")
+        line = self.engine.describe() + ("; prefetch" if self.prefetch else "")
+        return line + (f"; forms: {forms}" if forms else "")
 
     @property
     def states(self) -> list[ObjectState]:
@@ -332,8 +346,17 @@ class Tracker:
         return self.session.frame_index if self.session else -1
 
     def reset(self) -> None:
-        """Forget the current video (its objects and memories)."""
+        """Forget the current video (its objects and memories; a frame encoded ahead stays for
+        the ``step`` or ``start`` it was meant for)."""
         self.session = None
+
+    def encode_ahead(self, frame: np.ndarray) -> None:
+        """With ``prefetch`` on, start encoding ``frame``, the frame the next ``step`` gets, in
+        the background (``runtime/ahead.py``); ``step(frame)`` with this very array then uses
+        it. The array must not change until then. Without ``prefetch`` it does nothing."""
+        if self.prefetch:
+            validate_frame(frame, "the frame encoded ahead")
+            self.graphs.encode_ahead(frame)
 
     def start(
         self, frame: np.ndarray, boxes: Sequence[float] | Sequence[Sequence[float]]
@@ -448,16 +471,42 @@ class Tracker:
                     "frame(s); prompt frames count from 0"
                 )
             self.session = self._new_session()
+            frames = iter(source)
             try:
-                for i, frame in enumerate(source):
-                    if max_frames is not None and i >= max_frames:
-                        break
+                ahead: np.ndarray | None = next(frames, None)
+                self._read_ahead(ahead)
+                i = 0
+                while ahead is not None:
+                    frame, ahead = ahead, None
+                    more = max_frames is None or i + 1 < max_frames  # no frame read past it
+                    failed: Exception | None = None  # reading the next frame: after this one
+                    if self.prefetch and more:
+                        try:
+                            ahead = next(frames, None)
+                        except Exception as exc:
+                            failed = exc
+                        self._read_ahead(ahead)
                     objects = self.step(frame, schedule.get(i, ()))
                     yield frame, FrameResult(i, objects)
+                    if failed is not None:
+                        raise failed
+                    if not self.prefetch and more:
+                        ahead = next(frames, None)
+                    i += 1
             finally:
+                self.graphs.drop_ahead()
                 self.num_frames = self._num_frames_given
 
     # -- the loop's pieces --------------------------------------------------------------------
+    def _read_ahead(self, frame: np.ndarray | None) -> None:
+        """``encode_ahead`` for a frame ``track`` has read ahead (none at the source's end); a
+        frame it refuses is left to ``step``, whose error names the frame's number."""
+        if frame is not None:
+            try:
+                self.encode_ahead(frame)
+            except FrameError:
+                pass
+
     def _new_session(self) -> VideoSession:
         bank = self._bank()
         pools = MemoryPools(self.engine, self.bundle, bank.memory_slots, bank.pointer_slots)

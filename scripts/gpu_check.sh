@@ -17,9 +17,10 @@
 #   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
 #   depthwise convolutions, profiler top nodes, the reference's kernels for the memory encoder
 #   and decoder, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
-#   VARIANTS (default "graph") are variants of each target (scripts/target_variant.py),
+#   VARIANTS (default "graph prefetch") are variants of each target (scripts/target_variant.py),
 #   compiled beside it and benchmarked in the same samurai-bench run (--compare: one reference,
-#   same-run ratios): graph (enable_cuda_graph: CUDA graphs per run signature), nhwc (the CUDA
+#   same-run ratios): graph (enable_cuda_graph: CUDA graphs per run signature), prefetch (the
+#   next frame encoded while this one is tracked, runtime/ahead.py), nhwc (the CUDA
 #   provider's prefer_nhwc), dense (depthwise: dense as the memory encoder's only form),
 #   unfused (fused_attention: false as the only form); join with + (dense+graph);
 #   TARGET:VARIANT applies to that target only (cuda-fp16:unfused). A target with
@@ -27,7 +28,7 @@
 #   the CPU, and the bench's engine line shows each form's time (or how far off it was).
 #   VARIANTS="" benchmarks the targets alone.
 #   Every bundle is compiled first, all at the same time (CPU work; a variant that changes
-#   provider options only, graph or nhwc, is a copy of its target's bundle instead, with no
+#   how graphs run only, graph, prefetch or nhwc, is a copy of its target's bundle instead, with no
 #   compile); then the GPU steps run one at a time. DEADLINE (seconds from the start; default 0: none) bounds a lent machine's call:
 #   each step gets what is left (SIGINT at the end) and a step with under 30 s left is skipped,
 #   so the results so far and OUT/timeline.txt always come back.
@@ -42,7 +43,7 @@ WORK=${WORK:-$OUT/work}
 REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
 STEPS=${STEPS:-bench nodes diagnose}
-VARIANTS=${VARIANTS-graph}
+VARIANTS=${VARIANTS-graph prefetch}
 DEADLINE=${DEADLINE:-0}
 REFERENCE_RUNS=${REFERENCE_RUNS:-2}  # PyTorch runs per reference side: the fastest counts
 mkdir -p "$OUT" "$WORK"
@@ -87,10 +88,8 @@ variants_of() {  # the variants of TARGET in VARIANTS, one per line
 mark "start: TARGETS=$TARGETS STEPS=$STEPS VARIANTS=$VARIANTS FRAMES=$FRAMES REPEATS=$REPEATS DEADLINE=$DEADLINE"
 # Every bundle first, at the same time (compiling is CPU work, one process per bundle): the GPU steps
 # after it then run one at a time, so their timings do not share the GPU.
-runtime_only() {  # whether VARIANT changes provider options only (scripts/target_variant.py RUNTIME_ONLY)
-  local part parts
-  IFS=+ read -ra parts <<<"$1"
-  for part in "${parts[@]}"; do [[ "$part" == graph || "$part" == nhwc ]] || return 1; done
+runtime_only() {  # whether every part of VARIANT changes how graphs run only (target_variant.py's RUNTIME_ONLY)
+  python3 -c 'import sys; from scripts.target_variant import RUNTIME_ONLY as R; sys.exit(any(p not in R for p in sys.argv[1].split("+")))' "$1"
 }
 pids=()
 for target in $TARGETS; do
@@ -104,7 +103,7 @@ for target in $TARGETS; do
   fi
 done
 for pid in "${pids[@]}"; do wait "$pid" || true; done
-# Variants that change provider options only: a copy of the compiled bundle (same graph files,
+# Variants that change how graphs run only: a copy of the compiled bundle (same graph files,
 # the variant in its recorded target), no compile
 for target in $TARGETS; do
   [[ " $STEPS " == *" bench "* && -f "$WORK/tiny-$target/bundle.yaml" ]] || continue

@@ -10,11 +10,12 @@ Variants (join with ``+``; ``dense`` and ``unfused`` also drop that form from th
   unfused  ``fused_attention: false``: attention as MatMul/Softmax/MatMul (cuBLAS on a GPU)
   graph    the CUDA provider's ``enable_cuda_graph: 1``: CUDA graphs, replayed per run signature
            (runtime/engine/captured.py)
+  prefetch ``prefetch: true``: the next frame encoded while this one is tracked (runtime/ahead.py)
 
-``nhwc`` and ``graph`` change only how the graphs run (``RUNTIME_ONLY``), so a compiled bundle
-can take them without compiling again: ``--bundle`` writes a copy of a bundle (files hard-linked
-where possible) whose recorded target has the variant applied, sealed and checked like any
-bundle. On a lent GPU machine that saves a compile (about 45 s of its time per bundle):
+``nhwc``, ``graph`` and ``prefetch`` change only how the graphs run (``RUNTIME_ONLY``), so a
+compiled bundle can take them without compiling again: ``--bundle`` writes a copy of a bundle
+(files hard-linked where possible) whose recorded target has the variant applied, sealed and
+checked like any bundle. On a lent GPU machine that saves a compile (about 45 s of its time per bundle):
 
     python scripts/target_variant.py --bundle work/tiny-cuda-fp16 graph work/tiny-cuda-fp16-graph
 """
@@ -67,10 +68,11 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "nhwc": _cuda_option("nhwc", "prefer_nhwc"),
     "unfused": _unfused,
     "graph": _cuda_option("graph", "enable_cuda_graph"),
+    "prefetch": lambda data: data.update(prefetch=True),
 }
 
 
-RUNTIME_ONLY = ("nhwc", "graph")  # variants that change provider options, not graph files
+RUNTIME_ONLY = ("nhwc", "graph", "prefetch")  # variants that change provider options, not graph files
 
 
 def _apply(data: dict[str, Any], variant: str) -> None:

@@ -322,6 +322,8 @@ TAMPERED: list[tuple[str, Any, str]] = [
     ("target.depthwise", "separable", "target.depthwise"),
     ("target.depthwise", ["dense"], "target.depthwise"),
     ("target.depthwise", "dense", None),  # valid
+    ("target.prefetch", 1, "target.prefetch"),
+    ("target.prefetch", True, None),  # valid
 ]
 
 

@@ -207,6 +207,8 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
         "needs quantization: int8",
     ),
     "processing": (_set("processing", "gpu"), "processing", "graph, host"),
+    "prefetch": (_set("prefetch", "yes"), "prefetch", "expected true or false"),
+    "fused_attention": (_set("fused_attention", 1), "fused_attention", "expected true or false"),
     "opset_low": (_set("opset", 16), "opset", "17..20"),
     "opset_high": (_set("opset", 22), "opset", "17..20"),
     "opset_type": (_set("opset", "17"), "opset", "expected int"),

@@ -87,6 +87,7 @@ def test_a_runtime_variant_of_a_compiled_bundle_needs_no_compile(
     options = bundle.target["provider_options"]["CUDAExecutionProvider"]
     assert options == {"use_tf32": 0, "enable_cuda_graph": 1, "prefer_nhwc": 1}
     assert bundle.target["name"].endswith("-graph+nhwc")
+    assert not bundle.prefetch and load_bundle(derive_bundle(src, "prefetch", tmp_path / "p")).prefetch
     assert {p.name: sha256_file(p) for p in src.iterdir()} == before
     load_bundle(src)
     for name, info in bundle.components.items():

@@ -156,6 +156,8 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
             tracker.reset()
             for i, f in enumerate(frames):
                 g0, t0 = tracker.graphs.graph_seconds, time.perf_counter()
+                if i + 1 < len(frames):  # as Tracker.track does (nothing without prefetch)
+                    tracker.encode_ahead(frames[i + 1])
                 objs = tracker.start(f, boxes) if i == 0 else tracker.step(f)
                 times.append(time.perf_counter() - t0)
                 graph.append(tracker.graphs.graph_seconds - g0)

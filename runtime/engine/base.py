@@ -97,6 +97,9 @@ class Engine(ABC):
 
     name = "engine"
     device = "cpu"  # where values live: "cpu" or "cuda"
+    # graphs write their outputs into the same buffers run after run (CUDA graphs): an output
+    # is valid only until its graph runs again
+    fixed_buffers = False
 
     @abstractmethod
     def load(self, path: Path, contract: GraphContract) -> GraphSession:
