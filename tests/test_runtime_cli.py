@@ -289,6 +289,19 @@ def test_two_objects_all_outputs(tiny256_bundle: Path, tmp_path: Path) -> None:
             assert rows[i]["objects"][k]["present"] == bool(mask.any())
     assert count_frames(out / "annotated.mp4") == (n, (W, H))
     assert not list(out.glob("*.partial*"))
+    # --prefetch (the next frame encoded in a second thread) writes the same results
+    ahead = tmp_path / "ahead"
+    proc = run_cli(
+        tiny256_bundle, video, "--bbox", BOX_A, "--bbox", BOX_B, "--prefetch",
+        "--masks-dir", ahead / "masks", "--jsonl", ahead / "track.jsonl", "--threads", "2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (ahead / "track.jsonl").read_text() == (out / "track.jsonl").read_text()
+    for k in (0, 1):
+        for i in range(n):
+            name = f"obj{k}/{i:06d}.png"
+            a = cv2.imread(str(ahead / "masks" / name), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(a, cv2.imread(str(out / "masks" / name), cv2.IMREAD_UNCHANGED))
 
 
 @pytest.mark.slow
