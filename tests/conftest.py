@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -205,6 +206,17 @@ def tiny256_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
     out = build(cached)
     stamp_file.write_text(stamp)
     return out
+
+
+def same_rows(want: list[list[Any]], got: list[list[Any]]) -> None:
+    """Two runs' results, one row per frame of ``(obj_id, mask, box, score, present)`` per
+    object, are equal: the same objects, masks bit for bit, boxes, scores and presence."""
+    for t, (a, b) in enumerate(zip(want, got, strict=True)):
+        assert [o[0] for o in a] == [o[0] for o in b], t
+        for (oid, m1, box1, s1, p1), (_, m2, box2, s2, p2) in zip(a, b, strict=True):
+            where = f"frame {t}, object {oid}"
+            np.testing.assert_array_equal(m1, m2, err_msg=where)
+            assert (box1, s1, p1) == (box2, s2, p2), where
 
 
 def write_frames(frames: list[np.ndarray], folder: Path) -> Path:

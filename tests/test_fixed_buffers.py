@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import SYNTHETIC_BOX, synthetic_frames
+from conftest import SYNTHETIC_BOX, same_rows, synthetic_frames
 from onnx import TensorProto, helper
 
 from samurai_onnx.runtime import tracker as tracker_module
@@ -49,14 +49,6 @@ def _video(tracker: Tracker, frames: list[np.ndarray], mask: np.ndarray) -> list
     return rows
 
 
-def _same(want: list[list[Any]], got: list[list[Any]]) -> None:
-    for t, (a, b) in enumerate(zip(want, got, strict=True)):
-        assert [o[0] for o in a] == [o[0] for o in b], t
-        for (oid, m1, box1, s1, p1), (_, m2, box2, s2, p2) in zip(a, b, strict=True):
-            where = f"frame {t}, object {oid}"
-            np.testing.assert_array_equal(m1, m2, err_msg=where)
-            assert (box1, s1, p1) == (box2, s2, p2), where
-
 
 def test_the_tracker_is_unchanged_with_fixed_buffers(
     tiny256_bundle: Path, monkeypatch: pytest.MonkeyPatch
@@ -69,15 +61,15 @@ def test_the_tracker_is_unchanged_with_fixed_buffers(
     assert "fixed buffers" in fixed.engine.describe()
     want = _video(regular, frames, mask)
     got = _video(fixed, frames, mask)
-    _same(want, got)
+    same_rows(want, got)
     # a second video on the same trackers reuses the pools' buffers (so run signatures, and
     # CUDA graphs, repeat); what they still hold from the first video must not matter
     assert fixed.session is not None
     buffers = {id(v) for v in (fixed.session.pools.memory, *fixed.session.pools._spare)}
     fixed.reset()
     regular.reset()
-    _same(want, _video(fixed, frames, mask))
-    _same(want, _video(regular, frames, mask))
+    same_rows(want, _video(fixed, frames, mask))
+    same_rows(want, _video(regular, frames, mask))
     assert {id(v) for v in (fixed.session.pools.memory, *fixed.session.pools._spare)} == buffers
     # the fixed path really ran (every graph's steady-state replays: the test below)
     captured = {n: s.captured for n, s in fixed.graphs.sessions.items()}  # type: ignore[attr-defined]
@@ -220,7 +212,7 @@ def test_every_graph_replays_in_the_steady_state(
         for tracker, out in zip((fixed, regular), rows, strict=True):
             objs = tracker.start(frame, [list(SYNTHETIC_BOX)]) if i == 0 else tracker.step(frame)
             out.append([(o.obj_id, o.mask.copy(), o.box, o.score, o.present) for o in objs])
-    _same(rows[1], rows[0])
+    same_rows(rows[1], rows[0])
     for name, r in runs.items():
         replays, total = r.replays - before[name][0], r.runs - before[name][1]
         assert replays == total, f"{name}: {replays} of {total} runs replayed"

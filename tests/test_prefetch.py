@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SYNTHETIC_BOX, synthetic_frames
+from conftest import SYNTHETIC_BOX, same_rows, synthetic_frames
 
 from samurai_onnx.runtime import tracker as tracker_module
 from samurai_onnx.runtime.engine import EngineError
@@ -28,15 +28,6 @@ PROMPTS = [
 
 def _rows(results: list[Any]) -> list[list[Any]]:
     return [[(o.obj_id, o.mask, o.box, o.score, o.present) for o in r.objects] for r in results]
-
-
-def _same(want: list[list[Any]], got: list[list[Any]]) -> None:
-    assert len(want) == len(got)
-    for t, (a, b) in enumerate(zip(want, got, strict=True)):
-        assert [o[0] for o in a] == [o[0] for o in b], t
-        for (oid, m1, box1, s1, p1), (_, m2, box2, s2, p2) in zip(a, b, strict=True):
-            np.testing.assert_array_equal(m1, m2, err_msg=f"frame {t}, object {oid}")
-            assert (box1, s1, p1) == (box2, s2, p2), (t, oid)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +65,7 @@ def test_prefetch_tracks_exactly_as_without(
     tracker = Tracker(tiny256_bundle, prefetch=True)
     assert tracker.describe().split("; forms")[0].endswith("; prefetch")
     boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
-    _same(plain, _rows(list(tracker.track(frames, boxes, prompts=PROMPTS))))
+    same_rows(plain, _rows(list(tracker.track(frames, boxes, prompts=PROMPTS))))
     assert len(threads) == len(frames)
     assert all(name.startswith("samurai-ahead") for name in threads), threads
 
@@ -99,7 +90,7 @@ def test_step_api_never_uses_another_frames_features(
     got.append(row(tracker.step(frames[2])))  # encoded ahead, while frame 1 was stepped
     tracker.encode_ahead(frames[3])
     got.append(row(tracker.step(frames[3], PROMPTS[:1])))  # with frame 3's click
-    _same(plain[:4], got)
+    same_rows(plain[:4], got)
     main = threading.current_thread().name
     assert [name == main for name in threads] == [False, True, False, True, False]
 
