@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -37,33 +37,41 @@ MAX_JOBS = 2  # the frame about to be stepped and the next one
 
 
 class Ahead(Generic[T]):
-    """``work(frame)`` for frames given ahead, run in order by one background thread."""
+    """``work(frame, tag)`` for frames given ahead, run in order by one background thread.
 
-    def __init__(self, work: Callable[[np.ndarray], T]) -> None:
+    ``tag`` is the caller's note on a job (the graphs: which output buffers it writes), kept
+    with it so that the caller can see what the jobs still pending hold (``tags``).
+    """
+
+    def __init__(self, work: Callable[[np.ndarray, Any], T]) -> None:
         self.work = work
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: list[tuple[np.ndarray, Future[T]]] = []  # oldest first
+        self._jobs: list[tuple[np.ndarray, Any, Future[T]]] = []  # oldest first
 
-    def submit(self, frame: np.ndarray) -> None:
-        """Queue ``work(frame)`` (the oldest job is dropped beyond ``MAX_JOBS``); the array must
-        not change until it is taken."""
+    def submit(self, frame: np.ndarray, tag: Any = None) -> None:
+        """Queue ``work(frame, tag)`` (the oldest job is dropped beyond ``MAX_JOBS``); the array
+        must not change until it is taken."""
         while len(self._jobs) >= MAX_JOBS:
-            _discard(self._jobs.pop(0)[1])
+            _discard(self._jobs.pop(0)[2])
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samurai-ahead")
-        self._jobs.append((frame, self._pool.submit(self.work, frame)))
+        self._jobs.append((frame, tag, self._pool.submit(self.work, frame, tag)))
+
+    def tags(self) -> list[Any]:
+        """The tags of the jobs not taken or dropped yet, oldest first."""
+        return [tag for _, tag, _ in self._jobs]
 
     def take(self, frame: np.ndarray) -> tuple[T, float] | None:
         """``(result, seconds waited for it)`` when a job is for this very ``frame`` (its error,
         if it failed, is raised here; older jobs are dropped); else None, once no job runs, so
         that the caller may run the same graphs itself (the jobs stay)."""
-        found = next((k for k, (f, _) in enumerate(self._jobs) if f is frame), None)
+        found = next((k for k, (f, _, _) in enumerate(self._jobs) if f is frame), None)
         if found is None:
-            wait([job for _, job in self._jobs])
+            wait([job for _, _, job in self._jobs])
             return None
-        for _, older in self._jobs[:found]:
+        for _, _, older in self._jobs[:found]:
             _discard(older)
-        job = self._jobs[found][1]
+        job = self._jobs[found][2]
         del self._jobs[: found + 1]
         start = time.perf_counter()
         result = job.result()
@@ -72,7 +80,7 @@ class Ahead(Generic[T]):
     def drop(self) -> None:
         """Forget every job, waiting for the one running (a graph run cannot be cancelled)."""
         jobs, self._jobs = self._jobs, []
-        for _, job in jobs:
+        for _, _, job in jobs:
             _discard(job)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from samurai_onnx.runtime.ahead import Ahead
+from samurai_onnx.runtime.ahead import MAX_JOBS, Ahead
 from samurai_onnx.runtime.bundle import PROCESSING, Bundle, BundleError
 from samurai_onnx.runtime.contract import ContractError, contract, steady_state_feeds
 from samurai_onnx.runtime.engine import Engine, EngineError, GraphSession
@@ -48,6 +48,9 @@ Box = tuple[int, int, int, int]
 
 # the graphs that make a frame's features (run ahead of the frame when prefetching)
 ENCODING = ("preprocess", "image_encoder")
+# image encoder output sets with fixed buffers and prefetch: one per job Ahead may hold, and
+# one for a frame stepped that was not given ahead (SamuraiGraphs._free_set)
+FEATURE_SETS = MAX_JOBS + 1
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,9 @@ class SamuraiGraphs:
                 ) from None
         self._constants: dict[tuple[str, int], Any] = {}
         self._ahead: Ahead[FrameFeatures] | None = None
+        # with fixed buffers and prefetch: the image encoder's output sets (FEATURE_SETS), each
+        # encoding into one that no pending frame's features and no step in progress hold
+        self._feature_sets: list[dict[str, Any]] = []
         # seconds the caller's thread spent getting features: the encoding graphs' runs, or
         # the wait for features encoded ahead (their runs overlap the other graphs)
         self._encode_seconds = 0.0
@@ -268,11 +274,13 @@ class SamuraiGraphs:
     # -- the steps ----------------------------------------------------------------------------
     def encode_ahead(self, frame: np.ndarray) -> None:
         """Start encoding ``frame`` in a background thread (``runtime/ahead.py``); the next
-        ``encode_image`` of this very array takes the result. Not for engines with fixed output
-        buffers (CUDA graphs): the next run would write into the features still in use."""
+        ``encode_image`` of this very array takes the result. With fixed output buffers (CUDA
+        graphs) each job writes into an output set of its own (``_free_set``), so the frame
+        ahead never overwrites the features of the frame being tracked."""
         if self._ahead is None:
             self._ahead = Ahead(self._encode)
-        self._ahead.submit(frame)
+        # submitting drops the oldest job beyond MAX_JOBS: only the newer ones hold their set
+        self._ahead.submit(frame, self._free_set(self._ahead.tags()[1 - MAX_JOBS :]))
 
     def drop_ahead(self) -> None:
         """Forget a frame encoded ahead and not taken (waiting for its run to end)."""
@@ -285,8 +293,10 @@ class SamuraiGraphs:
         if got is not None:
             self._encode_seconds += got[1]
             return got[0]
+        # no job runs now (take waited); the jobs' features, not taken yet, keep their sets
+        held = self._ahead.tags() if self._ahead is not None else []
         before = self._encoding_runs()
-        features = self._encode(frame)
+        features = self._encode(frame, self._free_set(held))
         self._encode_seconds += self._encoding_runs() - before
         return features
 
@@ -294,20 +304,44 @@ class SamuraiGraphs:
         """Seconds inside the encoding graphs' runs so far (whichever thread ran them)."""
         return sum(self.sessions[n].seconds for n in ENCODING if n in self.sessions)
 
-    def _encode(self, frame: np.ndarray) -> FrameFeatures:
-        """Preprocess (in a graph or on the host) and run the image encoder."""
+    def _encode(self, frame: np.ndarray, into_set: int | None = None) -> FrameFeatures:
+        """Preprocess (in a graph or on the host) and run the image encoder (into output set
+        ``into_set``, or wherever the engine puts its outputs)."""
         if self.processing == "graph":
             image = self.sessions["preprocess"].run({"frame": frame})["image"]
         else:
             s = self.bundle.tracker
             image = preprocess_frame(frame, s.image_size, s.image_mean, s.image_std)
-        out = self.sessions["image_encoder"].run({"image": image})
+        into = self._feature_sets[into_set] if into_set is not None else None
+        out = self.sessions["image_encoder"].run({"image": image}, into=into)
         return FrameFeatures(
             out["high_res_feat_s0"],
             out["high_res_feat_s1"],
             out["vision_features"],
             out["vision_pos_enc"],
         )
+
+    def _free_set(self, held: list[int | None]) -> int | None:
+        """The image encoder's output set for the next encoding, none of ``held`` (the sets of
+        frames encoded ahead and not taken); None where outputs need no set of their own (no
+        fixed buffers, or no prefetch).
+
+        Why sets: with fixed buffers (CUDA graphs) an encoder run writes into the same buffers
+        every time, and with prefetch the frame ahead is encoded while the frame before it is
+        tracked. Each set is its own run signature, so its own CUDA graph. Chosen in the
+        caller's thread, when a job is submitted (no step runs then: the features of the last
+        step are free) or when a frame not given ahead is encoded (no job runs then): at most
+        ``MAX_JOBS`` sets are held, so one of ``FEATURE_SETS`` is always free.
+        """
+        if self._ahead is None or not self.engine.fixed_buffers:
+            return None
+        if not self._feature_sets:
+            spec = self.sessions["image_encoder"].contract
+            self._feature_sets = [
+                {o.name: self.engine.zeros(o.resolve({"batch": 1}), o.dtype) for o in spec.outputs}
+                for _ in range(FEATURE_SETS)
+            ]
+        return next(k for k in range(FEATURE_SETS) if k not in held)
 
     def attend(
         self,

@@ -316,13 +316,6 @@ class Tracker:
         if prefetch is not None and not isinstance(prefetch, bool):
             raise TrackerError(f"prefetch is {prefetch!r}; it must be True or False")
         self.prefetch = self.bundle.prefetch if prefetch is None else prefetch
-        if self.prefetch and self.engine.fixed_buffers:
-            log.warning(
-                "prefetch is off: the graphs run with fixed output buffers (CUDA graphs), so a "
-                "frame encoded ahead would overwrite the features in use; drop enable_cuda_graph "
-                "from the target's CUDA options to prefetch"
-            )
-            self.prefetch = False
         self.num_frames = num_frames
         self._num_frames_given = num_frames
         self.session: VideoSession | None = None

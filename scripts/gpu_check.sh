@@ -17,9 +17,10 @@
 #   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
 #   depthwise convolutions, profiler top nodes, the reference's kernels for the memory encoder
 #   and decoder, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
-#   VARIANTS (default "graph prefetch") are variants of each target (scripts/target_variant.py),
+#   VARIANTS (default "prefetch") are variants of each target (scripts/target_variant.py),
 #   compiled beside it and benchmarked in the same samurai-bench run (--compare: one reference,
-#   same-run ratios): graph (enable_cuda_graph: CUDA graphs per run signature), prefetch (the
+#   same-run ratios): graph (enable_cuda_graph: CUDA graphs per run signature; both packaged
+#   cuda targets have it), prefetch (the
 #   next frame encoded while this one is tracked, runtime/ahead.py), nhwc (the CUDA
 #   provider's prefer_nhwc), dense (depthwise: dense as the memory encoder's only form),
 #   unfused (fused_attention: false as the only form); join with + (dense+graph);
@@ -43,7 +44,7 @@ WORK=${WORK:-$OUT/work}
 REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
 STEPS=${STEPS:-bench nodes diagnose}
-VARIANTS=${VARIANTS-graph prefetch}
+VARIANTS=${VARIANTS-prefetch}
 DEADLINE=${DEADLINE:-0}
 REFERENCE_RUNS=${REFERENCE_RUNS:-2}  # PyTorch runs per reference side: the fastest counts
 mkdir -p "$OUT" "$WORK"

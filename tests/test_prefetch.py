@@ -47,9 +47,9 @@ def _encoder_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     names: list[str] = []
     real = SamuraiGraphs._encode
 
-    def encode(self: SamuraiGraphs, frame: np.ndarray) -> Any:
+    def encode(self: SamuraiGraphs, frame: np.ndarray, into_set: int | None = None) -> Any:
         names.append(threading.current_thread().name)
-        return real(self, frame)
+        return real(self, frame, into_set)
 
     monkeypatch.setattr(SamuraiGraphs, "_encode", encode)
     return names
@@ -127,11 +127,11 @@ def test_an_error_in_the_background_is_raised_by_its_step(
     real = SamuraiGraphs._encode
     calls = []
 
-    def encode(self: SamuraiGraphs, frame: np.ndarray) -> Any:
+    def encode(self: SamuraiGraphs, frame: np.ndarray, into_set: int | None = None) -> Any:
         calls.append(1)
         if len(calls) == 3:
             raise EngineError("image_encoder: ONNX Runtime failed (out of memory)")
-        return real(self, frame)
+        return real(self, frame, into_set)
 
     monkeypatch.setattr(SamuraiGraphs, "_encode", encode)
     tracker = Tracker(tiny256_bundle, prefetch=True)
@@ -142,16 +142,70 @@ def test_an_error_in_the_background_is_raised_by_its_step(
     assert seen == [0, 1]
 
 
-def test_prefetch_is_off_with_fixed_buffers(
-    tiny256_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """With CUDA graphs the encoder writes into the same buffers every run, so a frame encoded
-    ahead would overwrite the features in use: prefetch is turned off, with a warning."""
+def _fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trackers made next run every graph with fixed buffers per signature (the CUDA-graph path,
+    ``runtime/engine/captured.py``, on the CPU)."""
     monkeypatch.setattr(
         tracker_module, "create_engine", lambda settings: OrtEngine(settings, fixed_buffers=True)
     )
+
+
+def _captures(tracker: Tracker) -> int:
+    """Signatures captured so far, over every graph of ``tracker``."""
+    return sum(
+        len(s.captured.captures)  # type: ignore[attr-defined]
+        for s in tracker.graphs.sessions.values()
+        if getattr(s, "captured", None) is not None
+    )
+
+
+def test_prefetch_with_fixed_buffers_tracks_exactly_as_without(
+    tiny256_bundle: Path, frames: list[np.ndarray], plain: list[list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """CUDA graphs and prefetch together: the image encoder writes into output sets in turn,
+    so the frame encoded ahead never overwrites the features of the frame being tracked; the
+    same masks, boxes and scores bit for bit, every frame encoded in the background, and every
+    capture made with no other device work in flight (``engine/gate.py``)."""
+    _fixed(monkeypatch)
+    threads = _encoder_threads(monkeypatch)
     tracker = Tracker(tiny256_bundle, prefetch=True)
-    assert not tracker.prefetch and "prefetch" not in tracker.describe()
-    assert "prefetch is off" in caplog.text and "enable_cuda_graph" in caplog.text
+    assert tracker.prefetch and "fixed buffers" in tracker.describe()
+    boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
+    # results kept as returned: masks must not change under later frames' runs
+    same_rows(plain, _rows(list(tracker.track(frames, boxes, prompts=PROMPTS))))
+    assert all(name.startswith("samurai-ahead") for name in threads), threads
+    # the encoder alternated between two output sets (two signatures, each captured)
+    encoder = tracker.graphs.sessions["image_encoder"].captured  # type: ignore[attr-defined]
+    assert len(encoder.captures) == 2
+    assert tracker.engine.gate.exclusive_entries == _captures(tracker) > 2  # type: ignore[attr-defined]
+
+
+def test_fixed_buffers_keep_features_encoded_ahead_through_other_frames(
+    tiny256_bundle: Path, frames: list[np.ndarray], plain: list[list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Two frames encoded ahead, then two frames stepped that were not: those are encoded in
+    the caller's thread into a set neither pending frame holds, and stepping the frames
+    encoded ahead afterwards takes their features intact (a scheme that alternated two sets
+    would overwrite them and track frames 2 and 3 off)."""
+    _fixed(monkeypatch)
+    threads = _encoder_threads(monkeypatch)
+    tracker = Tracker(tiny256_bundle, prefetch=True, num_frames=len(frames))  # as track() sets
+    boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
+
+    def row(objects: list[Any]) -> list[Any]:
+        return [(o.obj_id, o.mask, o.box, o.score, o.present) for o in objects]
+
+    tracker.encode_ahead(frames[2])
+    tracker.encode_ahead(frames[3])
+    got = [row(tracker.start(frames[0], boxes)), row(tracker.step(frames[1]))]
+    got += [row(tracker.step(frames[2])), row(tracker.step(frames[3], PROMPTS[:1]))]
+    same_rows(plain[:4], got)
+    main = threading.current_thread().name
+    assert [name == main for name in threads] == [False, False, True, True]
+
+
+def test_prefetch_setting_is_checked(tiny256_bundle: Path) -> None:
     with pytest.raises(tracker_module.TrackerError, match="True or False"):
         Tracker(tiny256_bundle, prefetch="yes")  # type: ignore[arg-type]

@@ -149,12 +149,16 @@ def test_bench_compares_n_objects_with_n_reference_runs() -> None:
         "machine": "m", "args": {"bundle": "b", "device": "cpu"},
         "sides": {
             "onnx": {"engine": "ort", "components": {}, "peak_rss_mb": 1.0,
-                     "end_to_end": {"1": e2e(2.0), "3": e2e(3.0)}, "unbatched": {}},
+                     "end_to_end": {"1": e2e(2.0), "3": e2e(3.0)}, "unbatched": {},
+                     "replays": {"1": {"mask_decoder": [20, 24, 2]}}},
             "pytorch": {"engine": "torch", "components": {}, "peak_rss_mb": 1.0,
                         "end_to_end": {"1": e2e(5.0)}, "unbatched": {}},
         },
     }  # fmt: skip
     md = to_markdown(report)
+    # CUDA graphs: replays among the timed frames' runs, per pass
+    assert "onnx, 1 object(s), CUDA graphs in the timed frames (replayed / runs (signatures " \
+        "captured)): mask_decoder 20/24 (2)" in md  # fmt: skip
     assert "| onnx | 1 | 2.0000 | - | - | 2.50x |" in md
     assert "| onnx | 3 | 3.0000 | - | - | 5.00x (vs 3 runs) |" in md
     assert "N x its 1-object s / frame" in md

@@ -61,8 +61,9 @@ class SideResult:
     peak_rss_mb: float = 0.0
     engine: str = ""
     masks_file: str = ""
-    # per graph, over the end-to-end runs: [replayed as CUDA graphs, runs, signatures captured]
-    replays: dict[str, list[int]] = field(default_factory=dict)
+    # per end-to-end pass with all objects batched (key: objects), per graph, over its timed
+    # frames: [replayed as CUDA graphs, runs, signatures captured by the pass's end]
+    replays: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 def _clip_jpegs(video: str | None, n: int) -> list[bytes]:
@@ -147,14 +148,21 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
             fed = {k: tracker.engine.upload(v) for k, v in feeds.items()}
             res.components[name][b] = time_call(partial(session.run, fed), args["repeats"])
     masks: dict[str, np.ndarray] = {}
-    before = {name: s.replay_counts() for name, s in tracker.graphs.sessions.items()}
+
+    def replay_counts() -> dict[str, tuple[int, int, int]]:
+        counts = {name: s.replay_counts() for name, s in tracker.graphs.sessions.items()}
+        return {name: c for name, c in counts.items() if c is not None}
+
     for n in args["objects"]:
         for batched in (True, False) if n > 1 and args.get("unbatched", True) else (True,):
             tracker.max_batch = None if batched else 1
             boxes = object_boxes(args["box"], n, width, height)
             times, graph = [], []
             tracker.reset()
+            before = replay_counts()
             for i, f in enumerate(frames):
+                if i == args["steady_from"]:
+                    before = replay_counts()
                 g0, t0 = tracker.graphs.graph_seconds, time.perf_counter()
                 if i + 1 < len(frames):  # as Tracker.track does (nothing without prefetch)
                     tracker.encode_ahead(frames[i + 1])
@@ -166,10 +174,11 @@ def run_onnx_side(args: dict[str, Any]) -> SideResult:
             (res.end_to_end if batched else res.unbatched)[n] = _steady(
                 times, graph, args["steady_from"]
             )
-    for name, session in tracker.graphs.sessions.items():
-        now, was = session.replay_counts(), before[name]
-        if now is not None and was is not None:
-            res.replays[name] = [now[0] - was[0], now[1] - was[1], now[2]]
+            if batched and before:  # CUDA graphs: how many timed runs were replays
+                now = replay_counts()
+                res.replays[str(n)] = {
+                    g: [c[0] - before[g][0], c[1] - before[g][1], c[2]] for g, c in now.items()
+                }
     res.masks_file = _save_masks(args, args.get("masks_name", "onnx"), masks)
     res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
@@ -308,7 +317,10 @@ def _subprocess(side: str, args: dict[str, Any]) -> SideResult:
         peak_rss_mb=data["peak_rss_mb"],
         engine=data["engine"],
         masks_file=data["masks_file"],
-        replays={k: list(v) for k, v in data.get("replays", {}).items()},
+        replays={
+            n: {g: list(c) for g, c in per_graph.items()}
+            for n, per_graph in data.get("replays", {}).items()
+        },
     )
     res.components = {
         k: {int(b): Timing(**t) for b, t in v.items()} for k, v in data["components"].items()
@@ -505,10 +517,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     for name, error in (report.get("failed") or {}).items():
         lines.append(f"| {name} | failed: {error} |")
     for name, s in onnx_sides.items():
-        if s.get("replays"):
-            counts = ", ".join(f"{g} {r}/{n} ({c})" for g, (r, n, c) in s["replays"].items())
-            lines += ["", f"{name}, CUDA graphs in the end-to-end runs (replayed / runs "
-                      f"(signatures captured)): {counts}"]  # fmt: skip
+        for objects, per_graph in (s.get("replays") or {}).items():
+            counts = ", ".join(f"{g} {r}/{n} ({c})" for g, (r, n, c) in per_graph.items())
+            lines += ["", f"{name}, {objects} object(s), CUDA graphs in the timed frames "
+                      f"(replayed / runs (signatures captured)): {counts}"]  # fmt: skip
     if ref is not None and any(n != "1" for o in onnx_sides.values() for n in o["end_to_end"]):
         lines += [
             "",

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from samurai_onnx.runtime.contract import GraphContract
+from samurai_onnx.runtime.engine.gate import DeviceGate
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,11 @@ class CapturedRuns:
         contract: GraphContract,
         upload: Callable[[np.ndarray], Any],
         run_options: Callable[[int], Any],
+        gate: DeviceGate | None = None,
     ) -> None:
         self.session = session
+        # captures run alone, other device work around them shared (gate.py: prefetch's thread)
+        self.gate = gate or DeviceGate()
         self.contract = contract
         self.upload, self.run_options = upload, run_options
         self.captures: dict[tuple[Any, ...], Capture] = {}
@@ -121,32 +125,36 @@ class CapturedRuns:
         regular: Callable[[Mapping[str, Any], Mapping[str, Any], Any], dict[str, Any]],
     ) -> dict[str, Any]:
         """Outputs of one run; ``regular(feeds, into, run_options)`` runs without fixed buffers."""
-        key = self.signature(feeds, into)
-        capture = self.captures.get(key)
-        self.runs += 1
-        if capture is not None:
-            self.replays += 1
-            for name, value in capture.host_inputs.items():
-                _update(value, feeds[name])
+        with self.gate.shared():
+            key = self.signature(feeds, into)
+            capture = self.captures.get(key)
+            self.runs += 1
+            if capture is not None:
+                self.replays += 1
+                for name, value in capture.host_inputs.items():
+                    _update(value, feeds[name])
+                self.session.run_with_iobinding(capture.binding, self.run_options(capture.graph_id))
+                return dict(capture.outputs)
+            seen = self.pending.pop(key, None)
+            if seen is None:  # new (or not seen recently): runs as it is; its outputs are kept
+                result = regular(feeds, into, self.run_options(-1))
+                self._keep(key, _Pending(result, 1))
+                return result
+            full = len(self.captures) >= MAX_GRAPHS
+            if seen.sightings < CAPTURE_AT - 1 or full:
+                if full and not self._full_logged:
+                    log.info("%s: %d captured graphs; further shapes run uncaptured",
+                             self.contract.name, MAX_GRAPHS)  # fmt: skip
+                    self._full_logged = True
+                # into the buffers of its first run, so that what reads them sees the same buffers
+                result = regular(feeds, {**seen.outputs, **into}, self.run_options(-1))
+                self._keep(key, _Pending(result, seen.sightings + 1))
+                return result
+        # ONNX Runtime captures in the first run with a new graph id, in global capture mode:
+        # no other thread's device work may overlap it
+        with self.gate.exclusive():
+            capture = self.captures[key] = self._prepare(feeds, into, seen.outputs)
             self.session.run_with_iobinding(capture.binding, self.run_options(capture.graph_id))
-            return dict(capture.outputs)
-        seen = self.pending.pop(key, None)
-        if seen is None:  # new (or not seen recently): runs as it is; its outputs are kept
-            result = regular(feeds, into, self.run_options(-1))
-            self._keep(key, _Pending(result, 1))
-            return result
-        full = len(self.captures) >= MAX_GRAPHS
-        if seen.sightings < CAPTURE_AT - 1 or full:
-            if full and not self._full_logged:
-                log.info("%s: %d captured graphs; further shapes run uncaptured",
-                         self.contract.name, MAX_GRAPHS)  # fmt: skip
-                self._full_logged = True
-            # into the buffers of its first run, so that what reads them sees the same buffers
-            result = regular(feeds, {**seen.outputs, **into}, self.run_options(-1))
-            self._keep(key, _Pending(result, seen.sightings + 1))
-            return result
-        capture = self.captures[key] = self._prepare(feeds, into, seen.outputs)
-        self.session.run_with_iobinding(capture.binding, self.run_options(capture.graph_id))
         return dict(capture.outputs)
 
     def _keep(self, key: tuple[Any, ...], pending: _Pending) -> None:

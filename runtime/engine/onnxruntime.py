@@ -25,6 +25,7 @@ import onnxruntime as ort
 from samurai_onnx.runtime.contract import GraphContract, ort_signature
 from samurai_onnx.runtime.engine.base import Engine, EngineError, EngineSettings, GraphSession
 from samurai_onnx.runtime.engine.captured import CapturedRuns, ort_value
+from samurai_onnx.runtime.engine.gate import DeviceGate
 from samurai_onnx.runtime.host import int8_saturates_here
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ class OrtGraphSession(GraphSession):
         self.engine = engine
         self.graph_ids = graph_ids
         self.captured = (
-            CapturedRuns(session, contract, engine.upload, self._run_options)
+            CapturedRuns(session, contract, engine.upload, self._run_options, engine.gate)
             if fixed
             else None
         )
@@ -276,7 +277,8 @@ class OrtGraphSession(GraphSession):
             if self.captured is not None:
                 return self.captured.run(feeds, into, self._regular)
             # never ONNX Runtime's default graph id 0, which would capture whatever is bound
-            return self._regular(feeds, into, self._run_options(-1))
+            with self.engine.gate.shared():
+                return self._regular(feeds, into, self._run_options(-1))
         except Exception as exc:
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
@@ -328,6 +330,8 @@ class OrtEngine(Engine):
         ) not in ("0", "false", "False", "")
         self.fixed_buffers = self.cuda_graph if fixed_buffers is None else fixed_buffers
         self.uncaptured: list[str] = []  # graphs ONNX Runtime would not capture (see load)
+        # device work of every thread shared, CUDA-graph captures alone (gate.py)
+        self.gate = DeviceGate()
 
     def load(self, path: Path, contract: GraphContract) -> OrtGraphSession:
         refused = False  # ONNX Runtime would not capture this graph: it runs as before
@@ -375,7 +379,8 @@ class OrtEngine(Engine):
 
     def upload(self, array: np.ndarray) -> Any:
         array = np.ascontiguousarray(array)
-        value = ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
+        with self.gate.shared():
+            value = ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
         # On the CPU the value wraps the array's memory; elsewhere it holds a copy.
         return HostBacked(array, value) if self.device == "cpu" else value
 
@@ -386,7 +391,8 @@ class OrtEngine(Engine):
             # fixed buffers are rewritten by the graph's next run with the same signature
             return value.host.copy() if self.fixed_buffers else value.host
         # A view that keeps the value's buffer alive on the CPU; a copy from a GPU.
-        array = np.asarray(value.numpy())
+        with self.gate.shared():
+            array = np.asarray(value.numpy())
         return array.copy() if self.fixed_buffers and self.device == "cpu" else array
 
     def zeros(self, shape: Sequence[int], dtype: str) -> Any:
