@@ -17,10 +17,11 @@
 #   (CPU vs GPU parity per graph and node, per-graph time with prefer_nhwc / CUDA graphs / dense
 #   depthwise convolutions, profiler top nodes, the reference's kernels for the memory encoder
 #   and decoder, CPU vs GPU tracking IoU) into OUT/diag-TARGET.
-#   VARIANTS (default "prefetch") are variants of each target (scripts/target_variant.py),
-#   compiled beside it and benchmarked in the same samurai-bench run (--compare: one reference,
-#   same-run ratios): graph (enable_cuda_graph: CUDA graphs per run signature; both packaged
-#   cuda targets have it), prefetch (the
+#   VARIANTS (default "nograph+noprefetch": the packaged cuda targets without their CUDA graphs
+#   and prefetch, so the same run shows what those add) are variants of each target
+#   (scripts/target_variant.py), compiled beside it and benchmarked in the same samurai-bench
+#   run (--compare: one reference, same-run ratios): graph / nograph (enable_cuda_graph: CUDA
+#   graphs per run signature), prefetch / noprefetch (the
 #   next frame encoded while this one is tracked, runtime/ahead.py), nhwc (the CUDA
 #   provider's prefer_nhwc), dense (depthwise: dense as the memory encoder's only form),
 #   unfused (fused_attention: false as the only form); join with + (dense+graph);
@@ -29,7 +30,7 @@
 #   the CPU, and the bench's engine line shows each form's time (or how far off it was).
 #   VARIANTS="" benchmarks the targets alone.
 #   Every bundle is compiled first, all at the same time (CPU work; a variant that changes
-#   how graphs run only, graph, prefetch or nhwc, is a copy of its target's bundle instead, with no
+#   how graphs run only (RUNTIME_ONLY: graph, nograph, prefetch, noprefetch, nhwc) is a copy of its target's bundle instead, with no
 #   compile); then the GPU steps run one at a time. DEADLINE (seconds from the start; default 0: none) bounds a lent machine's call:
 #   each step gets what is left (SIGINT at the end) and a step with under 30 s left is skipped,
 #   so the results so far and OUT/timeline.txt always come back.
@@ -44,7 +45,7 @@ WORK=${WORK:-$OUT/work}
 REPEATS=${REPEATS:-10}
 TARGETS=${TARGETS:-cuda-fp16 cuda}
 STEPS=${STEPS:-bench nodes diagnose}
-VARIANTS=${VARIANTS-prefetch}
+VARIANTS=${VARIANTS-nograph+noprefetch}
 DEADLINE=${DEADLINE:-0}
 REFERENCE_RUNS=${REFERENCE_RUNS:-2}  # PyTorch runs per reference side: the fastest counts
 mkdir -p "$OUT" "$WORK"

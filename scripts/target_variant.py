@@ -9,10 +9,12 @@ Variants (join with ``+``; ``dense`` and ``unfused`` also drop that form from th
   nhwc     the CUDA provider's ``prefer_nhwc: 1`` (cuDNN's NHWC kernels)
   unfused  ``fused_attention: false``: attention as MatMul/Softmax/MatMul (cuBLAS on a GPU)
   graph    the CUDA provider's ``enable_cuda_graph: 1``: CUDA graphs, replayed per run signature
-           (runtime/engine/captured.py)
-  prefetch ``prefetch: true``: the next frame encoded while this one is tracked (runtime/ahead.py)
+           (runtime/engine/captured.py); ``nograph``: ``enable_cuda_graph: 0``
+  prefetch ``prefetch: true``: the next frame encoded while this one is tracked (runtime/ahead.py);
+           ``noprefetch``: ``prefetch: false``
 
-``nhwc``, ``graph`` and ``prefetch`` change only how the graphs run (``RUNTIME_ONLY``), so a
+``nhwc``, ``graph``, ``nograph``, ``prefetch`` and ``noprefetch`` change only how the graphs run
+(``RUNTIME_ONLY``), so a
 compiled bundle can take them without compiling again: ``--bundle`` writes a copy of a bundle
 (files hard-linked where possible) whose recorded target has the variant applied, sealed and
 checked like any bundle. On a lent GPU machine that saves a compile (about 45 s of its time per bundle):
@@ -47,13 +49,13 @@ def _dense(data: dict[str, Any]) -> None:
     _only(data, "dense")
 
 
-def _cuda_option(variant: str, key: str) -> Callable[[dict[str, Any]], None]:
+def _cuda_option(variant: str, key: str, value: int = 1) -> Callable[[dict[str, Any]], None]:
     def apply(data: dict[str, Any]) -> None:
         if "CUDAExecutionProvider" not in data.get("providers", []):
             raise ValueError(f"{variant}: the target does not use CUDAExecutionProvider")
         options = data.get("provider_options") or {}
         data["provider_options"] = options
-        options.setdefault("CUDAExecutionProvider", {})[key] = 1
+        options.setdefault("CUDAExecutionProvider", {})[key] = value
 
     return apply
 
@@ -68,11 +70,14 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "nhwc": _cuda_option("nhwc", "prefer_nhwc"),
     "unfused": _unfused,
     "graph": _cuda_option("graph", "enable_cuda_graph"),
+    "nograph": _cuda_option("nograph", "enable_cuda_graph", 0),
     "prefetch": lambda data: data.update(prefetch=True),
+    "noprefetch": lambda data: data.update(prefetch=False),
 }
 
 
-RUNTIME_ONLY = ("nhwc", "graph", "prefetch")  # variants that change provider options, not graph files
+# variants that change how graphs run (provider options, prefetch), not graph files
+RUNTIME_ONLY = ("nhwc", "graph", "nograph", "prefetch", "noprefetch")
 
 
 def _apply(data: dict[str, Any], variant: str) -> None:

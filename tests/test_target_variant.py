@@ -25,9 +25,14 @@ def test_each_variant_changes_what_it_names(tmp_path: Path) -> None:
     cuda = both.provider_options["CUDAExecutionProvider"]
     assert cuda["prefer_nhwc"] == 1 and cuda["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     assert both.depthwise == "grouped" and both.precision == "fp16"
-    graph = load_target_manifest(write_variant("cuda-fp16", "dense+graph", tmp_path / "c.yaml"))
-    assert graph.provider_options["CUDAExecutionProvider"]["enable_cuda_graph"] == 1
-    assert graph.depthwise == "dense"
+    # the cuda targets have CUDA graphs and prefetch on: the plain loop is a variant
+    plain = write_variant("cuda-fp16", "dense+nograph+noprefetch", tmp_path / "c.yaml")
+    graph = load_target_manifest(plain)
+    assert base.provider_options["CUDAExecutionProvider"]["enable_cuda_graph"] == 1
+    assert graph.provider_options["CUDAExecutionProvider"]["enable_cuda_graph"] == 0
+    assert graph.depthwise == "dense" and base.prefetch and not graph.prefetch
+    trt = load_target_manifest(write_variant("tensorrt", "graph", tmp_path / "d.yaml"))
+    assert trt.provider_options["CUDAExecutionProvider"]["enable_cuda_graph"] == 1
 
 
 def _refused(args: list[str], needle: str) -> None:

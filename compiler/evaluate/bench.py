@@ -408,6 +408,7 @@ def benchmark(args: dict[str, Any], *, reference: bool = True) -> dict[str, Any]
                         "min": min(ious),
                         "mean": float(np.mean(ious)),
                         "frames": len(ious),
+                        "per_frame": [round(float(v), 4) for v in ious],
                     }
             report["sides"][s.side] = entry
     report["args"].pop("work_dir", None)
@@ -500,6 +501,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             fp16 = f" {_speed(half, n, spf) if s is not half else '-'} |" if half else ""
             iou = s.get("iou_vs_fp32_reference")
             iou_text = f"{iou['min']:.4f} / {iou['mean']:.4f}" if iou and n == "1" else "-"
+            low = [k for k, v in enumerate(iou.get("per_frame", [])) if v < 0.99] if iou else []
+            if low and n == "1":  # which frames: one outlier reads differently from a drift
+                iou_text += f" (< 0.99: frame {', '.join(map(str, low[:8]))}"
+                iou_text += f" of {len(iou['per_frame'])})" if len(low) <= 8 else f", ... {len(low)} frames)"
             lines.append(
                 f"| {name} | {n} | {spf:.4f} | {_fmt(e['graph_seconds_per_frame'], 4)} "
                 f"| {_fmt(e['host_seconds_per_frame'], 4)} | {_speed(ref, n, spf)} |{fp16} "
