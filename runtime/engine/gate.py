@@ -17,7 +17,7 @@ it would wait for itself, so that raises instead.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -40,39 +40,54 @@ class DeviceGate:
         return int(getattr(self._depth, "n", 0))
 
     @contextmanager
-    def shared(self) -> Iterator[None]:
-        """Device work that may overlap other threads' device work, but not a capture."""
-        if self._level():  # already inside (shared or exclusive): no new wait
-            self._depth.n += 1
-            try:
-                yield
-            finally:
-                self._depth.n -= 1
-            return
-        with self._cond:
-            while self._exclusive is not None or self._waiting:
-                self._cond.wait()
-            self._shared += 1
+    def _again(self) -> Iterator[None]:
+        """A thread already inside enters again: no wait, only its depth counts."""
+        self._depth.n += 1
+        try:
+            yield
+        finally:
+            self._depth.n -= 1
+
+    @contextmanager
+    def _held(self, release: Callable[[], None]) -> Iterator[None]:
+        """The thread is inside until the block ends; then ``release`` (under the lock) and
+        every waiting thread looks again."""
         self._depth.n = 1
         try:
             yield
         finally:
             self._depth.n = 0
             with self._cond:
-                self._shared -= 1
-                if not self._shared:
-                    self._cond.notify_all()
+                release()
+                self._cond.notify_all()
+
+    def _leave_shared(self) -> None:
+        self._shared -= 1
+
+    def _leave_exclusive(self) -> None:
+        self._exclusive = None
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Device work that may overlap other threads' device work, but not a capture."""
+        if self._level():  # already inside (shared or exclusive): no new wait
+            with self._again():
+                yield
+            return
+        with self._cond:
+            while self._exclusive is not None or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        with self._held(self._leave_shared):
+            yield
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Device work no other thread's device work may overlap (a CUDA-graph capture)."""
         me = threading.get_ident()
         if self._exclusive == me:
-            self._depth.n += 1
-            try:
+            with self._again():
                 yield
-            finally:
-                self._depth.n -= 1
             return
         if self._level():
             raise RuntimeError("a CUDA-graph capture was asked for inside shared device work")
@@ -85,11 +100,5 @@ class DeviceGate:
                 self._waiting -= 1
             self._exclusive = me
             self.exclusive_entries += 1
-        self._depth.n = 1
-        try:
+        with self._held(self._leave_exclusive):
             yield
-        finally:
-            self._depth.n = 0
-            with self._cond:
-                self._exclusive = None
-                self._cond.notify_all()
