@@ -279,8 +279,10 @@ class SamuraiGraphs:
         ahead never overwrites the features of the frame being tracked."""
         if self._ahead is None:
             self._ahead = Ahead(self._encode)
-        # submitting drops the oldest job beyond MAX_JOBS: only the newer ones hold their set
-        self._ahead.submit(frame, self._free_set(self._ahead.tags()[1 - MAX_JOBS :]))
+        # submitting drops the oldest jobs beyond MAX_JOBS: only the newer ones hold their set
+        pending = self._ahead.tags()
+        kept = pending[max(0, len(pending) - (MAX_JOBS - 1)) :]
+        self._ahead.submit(frame, self._free_set(kept))
 
     def drop_ahead(self) -> None:
         """Forget a frame encoded ahead and not taken (waiting for its run to end)."""
