@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_JOBS = 2  # the frame about to be stepped and the next one
+
+
+@dataclass(frozen=True)
+class _Job(Generic[T]):
+    frame: np.ndarray  # matched by identity
+    tag: Any
+    future: Future[T]
 
 
 class Ahead(Generic[T]):
@@ -46,42 +54,47 @@ class Ahead(Generic[T]):
     def __init__(self, work: Callable[[np.ndarray, Any], T]) -> None:
         self.work = work
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: list[tuple[np.ndarray, Any, Future[T]]] = []  # oldest first
+        self._jobs: list[_Job[T]] = []  # oldest first
+
+    def make_room(self) -> None:
+        """Drop the oldest jobs until a new one fits within ``MAX_JOBS`` (``submit`` does it
+        too; a caller that tags a job by what the others hold calls it first)."""
+        while len(self._jobs) >= MAX_JOBS:
+            _discard(self._jobs.pop(0).future)
 
     def submit(self, frame: np.ndarray, tag: Any = None) -> None:
         """Queue ``work(frame, tag)`` (the oldest job is dropped beyond ``MAX_JOBS``); the array
         must not change until it is taken."""
-        while len(self._jobs) >= MAX_JOBS:
-            _discard(self._jobs.pop(0)[2])
+        self.make_room()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samurai-ahead")
-        self._jobs.append((frame, tag, self._pool.submit(self.work, frame, tag)))
+        self._jobs.append(_Job(frame, tag, self._pool.submit(self.work, frame, tag)))
 
     def tags(self) -> list[Any]:
         """The tags of the jobs not taken or dropped yet, oldest first."""
-        return [tag for _, tag, _ in self._jobs]
+        return [job.tag for job in self._jobs]
 
     def take(self, frame: np.ndarray) -> tuple[T, float] | None:
         """``(result, seconds waited for it)`` when a job is for this very ``frame`` (its error,
         if it failed, is raised here; older jobs are dropped); else None, once no job runs, so
         that the caller may run the same graphs itself (the jobs stay)."""
-        found = next((k for k, (f, _, _) in enumerate(self._jobs) if f is frame), None)
+        found = next((k for k, job in enumerate(self._jobs) if job.frame is frame), None)
         if found is None:
-            wait([job for _, _, job in self._jobs])
+            wait([job.future for job in self._jobs])
             return None
-        for _, _, older in self._jobs[:found]:
-            _discard(older)
-        job = self._jobs[found][2]
+        for older in self._jobs[:found]:
+            _discard(older.future)
+        future = self._jobs[found].future
         del self._jobs[: found + 1]
         start = time.perf_counter()
-        result = job.result()
+        result = future.result()
         return result, time.perf_counter() - start
 
     def drop(self) -> None:
         """Forget every job, waiting for the one running (a graph run cannot be cancelled)."""
         jobs, self._jobs = self._jobs, []
-        for _, _, job in jobs:
-            _discard(job)
+        for job in jobs:
+            _discard(job.future)
 
 
 def _discard(job: Future[T]) -> None:

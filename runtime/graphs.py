@@ -279,10 +279,8 @@ class SamuraiGraphs:
         ahead never overwrites the features of the frame being tracked."""
         if self._ahead is None:
             self._ahead = Ahead(self._encode)
-        # submitting drops the oldest jobs beyond MAX_JOBS: only the newer ones hold their set
-        pending = self._ahead.tags()
-        kept = pending[max(0, len(pending) - (MAX_JOBS - 1)) :]
-        self._ahead.submit(frame, self._free_set(kept))
+        self._ahead.make_room()  # the jobs dropped to make room hold no set any more
+        self._ahead.submit(frame, self._free_set(self._ahead.tags()))
 
     def drop_ahead(self) -> None:
         """Forget a frame encoded ahead and not taken (waiting for its run to end)."""

@@ -49,7 +49,6 @@ def _video(tracker: Tracker, frames: list[np.ndarray], mask: np.ndarray) -> list
     return rows
 
 
-
 def test_the_tracker_is_unchanged_with_fixed_buffers(
     tiny256_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
