@@ -176,18 +176,28 @@ def test_batched_objects_equal_one_by_one(tiny_bundle: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def fp16_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fp16") / "tiny-cuda-fp16"
-    return compile_bundle(TINY, "cuda-fp16", checkpoint=tiny_checkpoint, out_dir=out)
+def tiny256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny256 bundle's model manifest (tiny at 256 pixels)."""
+    return _small_manifest(tmp_path_factory.mktemp("m256") / "tiny-256.yaml", 256)
+
+
+@pytest.fixture(scope="module")
+def fp16_bundle(
+    tiny256: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """cuda-fp16 at 256 pixels: the passes are the same as at 1024 (the GPU check compiles
+    that), in a quarter of the time; compared with the tiny256 bundle (its fp32 twin)."""
+    out = tmp_path_factory.mktemp("fp16") / "tiny-256-cuda-fp16"
+    return compile_bundle(tiny256, "cuda-fp16", checkpoint=tiny_checkpoint, out_dir=out)
 
 
 @pytest.mark.slow
-def test_fp16_bundle(fp16_bundle: Path, tiny_bundle: Path) -> None:
+def test_fp16_bundle(fp16_bundle: Path, tiny256_bundle: Path, tiny256: Path) -> None:
     data = _manifest(fp16_bundle)
-    _record("cuda-fp16 (tiny, random weights): max abs error vs PyTorch fp32", data)
+    _record("cuda-fp16 (tiny at 256 pixels, random weights): max abs error vs PyTorch fp32", data)
     assert data["target"]["providers"][0] == "CUDAExecutionProvider"
     load_bundle(fp16_bundle)
-    manifest = load_model_manifest(TINY)
+    manifest = load_model_manifest(tiny256)
     settings = manifest.tracker
     for name, info in data["components"].items():
         if name not in MODEL_GRAPHS:  # preprocess / postprocess hold no weights: kept fp32
@@ -221,7 +231,7 @@ def test_fp16_bundle(fp16_bundle: Path, tiny_bundle: Path) -> None:
         feeds = _feeds(name, settings, seed=1)
         names = [o.name for o in session.get_outputs()]
         got = dict(zip(names, session.run(names, feeds), strict=True))
-        want = _run(tiny_bundle / f"{name}.onnx", feeds)
+        want = _run(tiny256_bundle / f"{name}.onnx", feeds)
         for output in names:
             assert got[output].dtype == np.float32
             limit = max(tolerance / margin, DISCRETE_FLOORS.get(output, 0.0))
@@ -238,12 +248,14 @@ def test_slot_write_is_index_put() -> None:
         assert torch.equal(write(pool, index, values), pool.index_put((index,), values)), slots
 
 
-def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) -> None:
+def test_pools_are_gathered_not_scattered(
+    fp16_bundle: Path, tiny256_bundle: Path, tiny256: Path
+) -> None:
     """No ScatterND in any memory encoder (on an H200 its two took 9.6 of the graph's 10.6 ms), and
     an fp16 bundle's pools stay fp32: slots not written come back bit-equal (before, the whole
     pool went through fp16 and back every frame), written ones hold the fp32 bundle's memories
     within the fp16 tolerance."""
-    manifest = load_model_manifest(TINY)
+    manifest = load_model_manifest(tiny256)
     feeds = _feeds("memory_encoder", manifest.tracker, seed=2)
     rng = np.random.default_rng(3)
     pools = ("memory_pool", "ptr_pool")
@@ -251,7 +263,7 @@ def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) 
         feeds[pool] = (rng.standard_normal(feeds[pool].shape) * 1e-3).astype(np.float32)
     written = {pool: set(feeds[f"{pool[:-5]}_slot"].tolist()) for pool in pools}
     outputs = {}
-    for bundle in (tiny_bundle, fp16_bundle):
+    for bundle in (tiny256_bundle, fp16_bundle):
         files = sorted(bundle.glob("memory_encoder*.onnx"))
         assert files, bundle
         for path in files:
@@ -265,7 +277,7 @@ def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) 
                     if slot not in written[pool]:
                         assert np.array_equal(out[slot], feeds[pool][slot]), (path.name, pool, slot)
     tolerance = manifest.components["memory_encoder"].tolerance["fp16"]
-    reference = outputs[tiny_bundle / "memory_encoder.onnx"]
+    reference = outputs[tiny256_bundle / "memory_encoder.onnx"]
     for path, got in outputs.items():
         for pool in pools:
             err = np.abs(got[f"{pool}_out"] - reference[f"{pool}_out"]).max()
@@ -273,11 +285,13 @@ def test_pools_are_gathered_not_scattered(fp16_bundle: Path, tiny_bundle: Path) 
 
 
 @pytest.mark.gpu
-def test_fp16_bundle_on_cuda(request: pytest.FixtureRequest, tiny_bundle: Path) -> None:
+def test_fp16_bundle_on_cuda(request: pytest.FixtureRequest) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("CUDAExecutionProvider is not available (install onnxruntime-gpu and CUDA)")
     fp16_bundle: Path = request.getfixturevalue("fp16_bundle")
-    settings = load_model_manifest(TINY).tracker
+    tiny256_bundle: Path = request.getfixturevalue("tiny256_bundle")
+    manifest = load_model_manifest(request.getfixturevalue("tiny256"))
+    settings = manifest.tracker
     for name in MODEL_GRAPHS:
         session = ort.InferenceSession(
             str(fp16_bundle / f"{name}.onnx"), providers=["CUDAExecutionProvider"]
@@ -286,8 +300,8 @@ def test_fp16_bundle_on_cuda(request: pytest.FixtureRequest, tiny_bundle: Path) 
         feeds = _feeds(name, settings, seed=1)
         names = [o.name for o in session.get_outputs()]
         got = dict(zip(names, session.run(names, feeds), strict=True))
-        want = _run(tiny_bundle / f"{name}.onnx", feeds)
-        tolerance = load_model_manifest(TINY).components[name].tolerance["fp16"]
+        want = _run(tiny256_bundle / f"{name}.onnx", feeds)
+        tolerance = manifest.components[name].tolerance["fp16"]
         for output in names:
             limit = max(tolerance / 4, DISCRETE_FLOORS.get(output, 0.0))
             assert np.abs(got[output] - want[output]).max() <= limit, (name, output)

@@ -107,7 +107,7 @@ def test_synthetic_clip_matches_oracle_with_hole_filling(
     import sam2.utils.misc as misc
 
     monkeypatch.setattr(misc, "get_connected_components", scipy_connected_components)
-    n = 12
+    n = 9
     frames = write_frames(synthetic_frames(n), tmp_path / "frames")
     overrides = {"stable_frames_threshold": 3, "memory_bank_iou_threshold": 0.485}
     rows = _compare(tiny_bundle, tiny_checkpoint, frames, SYNTHETIC_BOX, n, overrides, 8)

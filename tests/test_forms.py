@@ -224,10 +224,10 @@ def test_a_components_build_keeps_only_checked_forms(
 @pytest.mark.oracle
 @pytest.mark.slow
 def test_validate_checks_every_form_against_the_oracle(
-    tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path
+    tiny256_bundle: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """A dense memory encoder added to the tiny bundle: samurai-validate checks it against the
-    oracle's module in its own row, and says which form tracked."""
+    """A dense memory encoder added to the 256-pixel bundle: samurai-validate checks it against
+    the oracle's module (built at 256 pixels) in its own row, and says which form tracked."""
     from samurai_onnx.compiler.evaluate.validate import validate
 
     def add_dense(entry: dict[str, Any], root: Path) -> None:
@@ -240,7 +240,7 @@ def test_validate_checks_every_form_against_the_oracle(
             }
         }
 
-    bundle = _edited(tiny_bundle, tmp_path / "b", add_dense)
+    bundle = _edited(tiny256_bundle, tmp_path / "b", add_dense)
     frames = write_frames(synthetic_frames(2), tmp_path / "frames")
     report = validate(bundle, frames, SYNTHETIC_BOX, checkpoint=tiny_checkpoint, frames=2,
                       forms="dense")  # fmt: skip
@@ -293,13 +293,14 @@ def test_gpu_diagnose_checks_and_times_every_form(
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The graphs ``fastest_form`` times, one entry per timed form."""
+    """The graphs ``fastest_form`` times, one entry per timed form (each timed by one run: these
+    tests count timings, they do not compare them)."""
     timed: list[str] = []
     real = forms_module.time_call
 
     def spy(fn: Any, repeats: int, sync: Any = None, *, warmup: int = 1) -> Timing:
         timed.append(fn.func.__self__.path.name)
-        return real(fn, repeats, warmup=warmup)
+        return real(fn, 1, warmup=0)
 
     monkeypatch.setattr(forms_module, "time_call", spy)
     return timed
