@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from conftest import REPO, _small_manifest, build_oracle, requires_oracle
+from conftest import REPO, SMALL, _small_manifest, build_oracle, requires_oracle
 
 from samurai_onnx.compiler import __version__
 from samurai_onnx.compiler.build import BuildError, compile_bundle
@@ -177,8 +177,9 @@ def test_batched_objects_equal_one_by_one(tiny_bundle: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny256(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny256 bundle's model manifest (tiny at 256 pixels)."""
-    return _small_manifest(tmp_path_factory.mktemp("m256") / "tiny-256.yaml", 256)
+    """The tiny256 bundle's model manifest (tiny at ``SMALL`` = 256 pixels): the small-size
+    builds of this module (cuda-fp16, ort-mobile, tensorrt) compile from it."""
+    return _small_manifest(tmp_path_factory.mktemp("m256") / "tiny-256.yaml", SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -311,16 +312,15 @@ def test_fp16_bundle_on_cuda(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.mark.slow
-def test_ort_mobile_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_ort_mobile_bundle(tiny_checkpoint: Path, tiny256: Path, tmp_path: Path) -> None:
     """The ort-mobile target (ORT format, int8, static memory attention) at 256 pixels: the
     same graphs and passes as at 1024, in a quarter of the time."""
-    small = _small_manifest(tmp_path / "tiny-256.yaml", 256)
-    out = compile_bundle(small, "ort-mobile", checkpoint=tiny_checkpoint, out_dir=tmp_path / "m")
+    out = compile_bundle(tiny256, "ort-mobile", checkpoint=tiny_checkpoint, out_dir=tmp_path / "m")
     data = _manifest(out)
     _record("ort-mobile (tiny at 256 px, random weights): max abs error vs PyTorch fp32", data)
     bundle = load_bundle(out)
     assert bundle.tracker.memory_shape == "static"
-    manifest = load_model_manifest(small)
+    manifest = load_model_manifest(tiny256)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["bundle.yaml", "bundle.yaml.sha256", *(f"{c}.ort" for c in COMPONENTS)]
     )
@@ -351,12 +351,11 @@ def test_ort_mobile_bundle(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_static_memory_attention_matches_dynamic(
-    tiny_checkpoint: Path, tiny256_bundle: Path, tmp_path: Path
+    tiny_checkpoint: Path, tiny256_bundle: Path, tiny256: Path, tmp_path: Path
 ) -> None:
     """At 256 pixels (the tiny256 bundle's model): padding is resolution-independent."""
-    small = _small_manifest(tmp_path / "tiny-256.yaml", 256)
     out = compile_bundle(
-        small,
+        tiny256,
         "tensorrt",
         checkpoint=tiny_checkpoint,
         out_dir=tmp_path / "trt",
@@ -367,7 +366,7 @@ def test_static_memory_attention_matches_dynamic(
     assert info["static"] is True and info["precision"] == "fp32"
     assert data["target"]["providers"][0] == "TensorrtExecutionProvider"
     assert data["tracker"]["memory_shape"] == "static"
-    geo = load_model_manifest(small).tracker.geometry
+    geo = load_model_manifest(tiny256).tracker.geometry
     n_slots, p_slots = geo.memory_slots, geo.pointer_slots
     static = create_session(out / info["file"], ("CPUExecutionProvider",))
     dynamic = create_session(tiny256_bundle / "memory_attention.onnx", ("CPUExecutionProvider",))
