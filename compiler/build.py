@@ -41,6 +41,7 @@ from samurai_onnx.compiler.manifest import (
     load_target_manifest,
 )
 from samurai_onnx.compiler.modeling.common import (
+    BLOCKED_LOWERING,
     INT8_LOWERING,
     set_attention_lowering,
     set_norm_lowering,
@@ -112,10 +113,13 @@ class BuildOptions:
 
 
 def attention_lowering(spec: ComponentSpec, target: TargetManifest) -> str:
-    """The model manifest's fused lowering where the target allows fused kernels, else its fallback."""
-    return (
-        spec.fused_attention if target.fused_attention and spec.fused_attention else spec.attention
-    )
+    """The model manifest's fused lowering where the target allows fused kernels, else blocks of
+    queries where the target asks for them and the manifest offers them, else its fallback."""
+    if target.fused_attention and spec.fused_attention:
+        return spec.fused_attention
+    if target.attention_blocks and spec.blocked_attention:
+        return BLOCKED_LOWERING
+    return spec.attention
 
 
 def _rounded(errors: dict[str, float]) -> dict[str, float]:
@@ -205,8 +209,8 @@ def _build_model_graph(
     form's build ``main``; None when it does not apply to this graph (``dense`` without
     depthwise convolutions, ``unfused`` where the main form has no fused attention, ``gemm``
     without convolutions its pass rewrites, ``layernorm`` without ``LayerNorm2d``, ``int8attn``
-    where the model manifest does not offer it). ``dense`` and ``gemm`` start from the main form's
-    exported (and simplified) graph instead of exporting again."""
+    and ``blocked`` where the model manifest does not offer them). ``dense`` and ``gemm`` start
+    from the main form's exported (and simplified) graph instead of exporting again."""
     spec = manifest.components[name]
     lowering = attention_lowering(spec, target)
     if form == "unfused":
@@ -217,6 +221,10 @@ def _build_model_graph(
         if not spec.int8_attention:
             return None
         lowering = INT8_LOWERING
+    if form == "blocked":  # where the model manifest offers it (attention.blocked)
+        if not spec.blocked_attention:
+            return None
+        lowering = BLOCKED_LOWERING
 
     def judged(precision: str) -> str:
         """int8 attention is not exact from the export on: its fp32 files are judged as int8."""

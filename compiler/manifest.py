@@ -66,6 +66,8 @@ class ComponentSpec:
     fused_attention: str | None = None  # used where the target allows fused kernels
     # the int8attn form (attention scores in int8) is built for this graph where a target asks
     int8_attention: bool = False
+    # the blocked form (attention in blocks of queries) is built for this graph where a target asks
+    blocked_attention: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class TargetManifest:
     format: str
     memory_shape: str
     fused_attention: bool = False  # may graphs use fused attention ops (ORT contrib kernels)?
+    # without fused attention: attention in blocks of queries where the model manifest offers it
+    attention_blocks: bool = False
     processing: str = "graph"  # pre/postprocessing in graphs, or on the host (exact parity)
     prefetch: bool = False  # encode the next frame while this one is tracked (runtime/ahead.py)
     depthwise: str = "grouped"  # depthwise convolutions as grouped Conv, or dense (GPU)
@@ -127,13 +131,15 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
     _unknown(data, {"attention", "quantization", "tolerance"}, where)
     raw_attention = data.get("attention", "matmul")
     fused: str | None = None
-    int8_attention = False
+    flags = {"int8": False, "blocked": False}  # the forms this graph offers (see ComponentSpec)
     if isinstance(raw_attention, dict):
         aw = f"{where}.attention"
-        _unknown(raw_attention, {"fused", "fallback", "int8"}, aw)
-        int8_attention = raw_attention.get("int8", False)
-        if not isinstance(int8_attention, bool):
-            raise ManifestError(f"{aw}.int8: expected true or false, got {short(int8_attention)}")
+        _unknown(raw_attention, {"fused", "fallback", *flags}, aw)
+        for flag in flags:
+            value = raw_attention.get(flag, False)
+            if not isinstance(value, bool):
+                raise ManifestError(f"{aw}.{flag}: expected true or false, got {short(value)}")
+            flags[flag] = value
         fused = _choice(raw_attention.get("fused"), ATTENTION_LOWERINGS, f"{aw}.fused")
         attention = _choice(
             raw_attention.get("fallback", "matmul"), ATTENTION_LOWERINGS, f"{aw}.fallback"
@@ -175,7 +181,13 @@ def _component(name: str, data: Any, where: str) -> ComponentSpec:
                 f"got {short(value)}"
             )
     return ComponentSpec(
-        name, attention, quantization, {k: float(v) for k, v in tol.items()}, fused, int8_attention
+        name,
+        attention,
+        quantization,
+        {k: float(v) for k, v in tol.items()},
+        fused,
+        int8_attention=flags["int8"],
+        blocked_attention=flags["blocked"],
     )
 
 
@@ -288,6 +300,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "format",
             "memory_shape",
             "fused_attention",
+            "attention_blocks",
             "processing",
             "prefetch",
             "depthwise",
@@ -354,6 +367,17 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             f"{_at(where, 'alternatives')}: unfused needs fused_attention: true (without it the "
             "graphs are unfused already); drop it or set fused_attention: true"
         )
+    attention_blocks = _flag(data, "attention_blocks", where)
+    if attention_blocks and fused_attention:
+        raise ManifestError(
+            f"{_at(where, 'attention_blocks')}: blocks are for unfused attention (a fused kernel "
+            "never holds all scores); set fused_attention: false, or list blocked in alternatives"
+        )
+    if attention_blocks and "blocked" in alternatives:
+        raise ManifestError(
+            f"{_at(where, 'alternatives')}: blocked is already the main form (attention_blocks: "
+            "true); drop one of them"
+        )
     quantization = choice("quantization", "none", QUANTIZATIONS)
     if "int8attn" in alternatives and quantization != "int8":
         raise ManifestError(
@@ -371,6 +395,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
         format=choice("format", "onnx", FORMATS),
         memory_shape=choice("memory_shape", "dynamic", MEMORY_SHAPES),
         fused_attention=fused_attention,
+        attention_blocks=attention_blocks,
         processing=choice("processing", "graph", PROCESSING),
         prefetch=_flag(data, "prefetch", where),
         depthwise=depthwise,

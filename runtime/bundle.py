@@ -57,10 +57,11 @@ DEPTHWISE = ("grouped", "dense")
 # kernel; ``gemm``: the convolutions cuDNN serves worst as matrix products,
 # compiler/passes/conv_gemm.py; ``layernorm``: LayerNorm2d as one LayerNormalization over the
 # channels instead of channel-axis ReduceMeans; ``int8attn``: attention scores as an integer
-# product, int8 targets only), each checked against PyTorch like the main form. Which kernels are fastest depends on
+# product, int8 targets only; ``blocked``: attention as MatMul/Softmax/MatMul for 1024 queries at
+# a time, bounded score matrices), each checked against PyTorch like the main form. Which kernels are fastest depends on
 # the device, so the runtime times the forms where it runs and keeps the fastest
 # (runtime/engine/forms.py).
-FORMS = ("dense", "unfused", "gemm", "layernorm", "int8attn")
+FORMS = ("dense", "unfused", "gemm", "layernorm", "int8attn", "blocked")
 DIGEST_NAME = "bundle.yaml.sha256"  # sha256sum format: "<hex>  bundle.yaml"
 COMPONENTS = GRAPHS
 

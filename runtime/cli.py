@@ -30,7 +30,7 @@ from typing import Any
 import typer
 from tqdm import tqdm
 
-from samurai_onnx.runtime.bundle import Bundle, BundleError, check_overrides, load_bundle
+from samurai_onnx.runtime.bundle import FORMS, Bundle, BundleError, check_overrides, load_bundle
 from samurai_onnx.runtime.documents import DocumentError, check_threads, one_line, short
 from samurai_onnx.runtime.engine import EngineError
 from samurai_onnx.runtime.engine.base import DEVICES as DEVICE_PROVIDERS
@@ -698,7 +698,7 @@ def run(
         metavar="FORM",
         help="For graphs the bundle holds in several forms (its target's alternatives, e.g. the "
         "cuda targets' memory encoder): fastest (each timed on the device when loading), main, "
-        "or a form by name (dense, unfused, gemm, layernorm, int8attn). Bundles with one form per graph ignore it.",
+        f"or a form by name ({', '.join(FORMS)}). Bundles with one form per graph ignore it.",
     ),
     prefetch: bool | None = typer.Option(
         None,

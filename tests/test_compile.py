@@ -26,6 +26,7 @@ from samurai_onnx.compiler.build import BuildError, compile_bundle
 from samurai_onnx.compiler.checkpoint import randomize_state_dict, save_official_format
 from samurai_onnx.compiler.graphs import SlotWrite, example_inputs
 from samurai_onnx.compiler.manifest import load_model_manifest
+from samurai_onnx.compiler.modeling import common
 from samurai_onnx.compiler.modeling.sam2 import load_sam2
 from samurai_onnx.compiler.passes.verify import DISCRETE_FLOORS, NumericError, bf16_step
 from samurai_onnx.runtime.bundle import (
@@ -312,9 +313,14 @@ def test_fp16_bundle_on_cuda(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.mark.slow
-def test_ort_mobile_bundle(tiny_checkpoint: Path, tiny256: Path, tmp_path: Path) -> None:
-    """The ort-mobile target (ORT format, int8, static memory attention) at 256 pixels: the
-    same graphs and passes as at 1024, in a quarter of the time."""
+def test_ort_mobile_bundle(
+    tiny_checkpoint: Path, tiny256: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ort-mobile target (ORT format, int8, static memory attention in blocks of queries) at
+    256 pixels: the same graphs and passes as at 1024, in a quarter of the time; blocks of 100
+    queries, so that memory attention's 256 make three (with the static graph's key mask), as
+    4096 make four blocks of 1024."""
+    monkeypatch.setattr(common, "QUERY_BLOCK", 100)
     out = compile_bundle(tiny256, "ort-mobile", checkpoint=tiny_checkpoint, out_dir=tmp_path / "m")
     data = _manifest(out)
     _record("ort-mobile (tiny at 256 px, random weights): max abs error vs PyTorch fp32", data)
@@ -341,6 +347,8 @@ def test_ort_mobile_bundle(tiny_checkpoint: Path, tiny256: Path, tmp_path: Path)
         spec.check(*ort_signature(session))
     attention = data["components"]["memory_attention"]
     assert attention["static"] is True
+    assert attention["attention"] == "blocked"  # attention_blocks: the manifest offers it here
+    assert data["components"]["image_encoder"]["attention"] == "matmul"  # and not here
     shapes = {i["name"]: i["shape"] for i in attention["inputs"]}
     assert shapes["memory_index"] == ["objects", 7] and shapes["memory_valid"] == ["objects", 7]
     assert shapes["ptr_index"] == ["objects", 16] and shapes["ptr_valid"] == ["objects", 16]

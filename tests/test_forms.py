@@ -19,6 +19,7 @@ from samurai_onnx.compiler.build import PassReport, compile_bundle
 from samurai_onnx.compiler.evaluate.bench import FULL_BANK
 from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_frames
+from samurai_onnx.compiler.modeling import common
 from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
 from samurai_onnx.runtime.bundle import BundleError, load_bundle, seal_manifest, sha256_file
 from samurai_onnx.runtime.engine import forms as forms_module
@@ -38,17 +39,20 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def forms_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny256 bundle's model and target (cpu) with ``alternatives: [dense, unfused,
-    layernorm]``."""
+    layernorm, blocked]``; blocks of 100 queries, so that the 256 queries of the 256-pixel
+    memory attention make three blocks (100 + 100 + 56) as 4096 make four of 1024."""
     tmp = tmp_path_factory.mktemp("forms")
     target = yaml.safe_load((REPO / "targets" / "cpu.yaml").read_text())
-    target.update(name="cpu-forms", alternatives=["dense", "unfused", "layernorm"])
+    target.update(name="cpu-forms", alternatives=["dense", "unfused", "layernorm", "blocked"])
     target_file = tmp / "cpu-forms.yaml"
     target_file.write_text(yaml.safe_dump(target))
     manifest = _small_manifest(tmp / "tiny-256.yaml", 256)  # the tiny256 bundle's
-    return compile_bundle(
-        manifest, target_file, checkpoint=tiny_checkpoint, out_dir=tmp / "b",
-        on_pass=REPORTS.append,
-    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common, "QUERY_BLOCK", 100)
+        return compile_bundle(
+            manifest, target_file, checkpoint=tiny_checkpoint, out_dir=tmp / "b",
+            on_pass=REPORTS.append,
+        )  # fmt: skip
 
 
 def _ops(path: Path) -> set[str]:
@@ -57,12 +61,12 @@ def _ops(path: Path) -> set[str]:
 
 def test_each_alternative_is_built_where_it_applies(forms_bundle: Path) -> None:
     header = yaml.safe_load((forms_bundle / "bundle.yaml").read_text())
-    assert header["target"]["alternatives"] == ["dense", "unfused", "layernorm"]
+    assert header["target"]["alternatives"] == ["dense", "unfused", "layernorm", "blocked"]
     built = {n: sorted(c.get("alternatives", {})) for n, c in header["components"].items()}
     assert built == {
-        "preprocess": [], "image_encoder": ["unfused"], "memory_attention": ["unfused"],
-        "mask_decoder": ["layernorm"], "memory_encoder": ["dense", "layernorm"],
-        "postprocess": [], "mask_prompt": [],
+        "preprocess": [], "image_encoder": ["unfused"],
+        "memory_attention": ["blocked", "unfused"], "mask_decoder": ["layernorm"],
+        "memory_encoder": ["dense", "layernorm"], "postprocess": [], "mask_prompt": [],
     }  # fmt: skip
     # each form went through the passes and their checks against PyTorch, under its own name
     checked = {(r.component, r.name) for r in REPORTS if "/" in r.component}
@@ -70,6 +74,13 @@ def test_each_alternative_is_built_where_it_applies(forms_bundle: Path) -> None:
     assert ("image_encoder/unfused", "simplify") in checked
     assert ("memory_attention/unfused", "simplify") in checked
     assert ("memory_encoder/layernorm", "simplify") in checked
+    assert ("memory_attention/blocked", "simplify") in checked
+    # blocked: per layer, self- and cross-attention in three blocks of queries each
+    entry = header["components"]["memory_attention"]
+    blocked_file = forms_bundle / entry["alternatives"]["blocked"]["file"]
+    blocked = [n.op_type for n in onnx.load(str(blocked_file)).graph.node]
+    assert blocked.count("Softmax") == 4 * 2 * 3 and "MultiHeadAttention" not in blocked
+    assert max(entry["alternatives"]["blocked"]["max_abs_error"].values()) <= entry["tolerance"]
     for name in ("mask_decoder", "memory_encoder"):  # LayerNorm2d: no channel-axis ReduceMean
         alt = header["components"][name]["alternatives"]["layernorm"]
         assert "ReduceMean" in _ops(forms_bundle / header["components"][name]["file"])
@@ -96,10 +107,10 @@ def _track(bundle: Path, forms: str, n: int = 4) -> tuple[Tracker, list[Any]]:
 
 
 def test_every_form_tracks_like_the_main_form(forms_bundle: Path, tiny256_bundle: Path) -> None:
-    """The main forms are the tiny256 bundle's graphs (same numbers); dense and unfused differ
-    by summation order only (a memory may move by one bfloat16 step), so IoU >= 0.999."""
+    """The main forms are the tiny256 bundle's graphs (same numbers); dense, unfused and blocked
+    differ by summation order only (a memory may move by one bfloat16 step), so IoU >= 0.999."""
     _, want = _track(tiny256_bundle, "main")
-    for forms in ("main", "dense", "unfused", "layernorm", "fastest"):
+    for forms in ("main", "dense", "unfused", "layernorm", "blocked", "fastest"):
         tracker, got = _track(forms_bundle, forms)
         for a, b in zip(want, got, strict=True):
             if forms == "main":
@@ -115,6 +126,8 @@ def test_every_form_tracks_like_the_main_form(forms_bundle: Path, tiny256_bundle
             assert chosen == {"image_encoder": "unfused", "memory_attention": "unfused"}
         elif forms == "layernorm":
             assert chosen == {"mask_decoder": "layernorm", "memory_encoder": "layernorm"}
+        elif forms == "blocked":
+            assert chosen == {"memory_attention": "blocked"}
         else:  # timed: every multi-form graph, the fastest of its forms
             assert set(chosen) == {"image_encoder", "memory_attention", "mask_decoder",
                                    "memory_encoder"}  # fmt: skip
@@ -182,7 +195,7 @@ def _break_dense(case: str, entry: dict[str, Any], root: Path) -> None:
         ("tampered", "components.memory_encoder.alternatives.dense: memory_encoder.dense.onnx does not match its sha256"),
         ("outside", "points outside the bundle directory"),
         ("missing", "is missing; rebuild or re-copy the bundle"),
-        ("unknown", "unknown key(s) sparse; allowed: dense, gemm, int8attn, layernorm, unfused"),
+        ("unknown", "unknown key(s) sparse; allowed: blocked, dense, gemm, int8attn, layernorm, unfused"),
         ("no_file", "alternatives.dense.file: missing (required)"),
     ],
 )
@@ -315,14 +328,14 @@ def test_a_cpu_times_each_bundle_once(
     timed = _counting(monkeypatch)
     bundle = load_bundle(forms_bundle)
     first = Tracker(bundle, threads=1)
-    assert len(timed) == 9  # image encoder, memory attention, decoder: 2 forms; memory encoder 3
+    assert len(timed) == 10  # image encoder, decoder: 2 forms; memory attention, encoder: 3
     chosen = {n: c.chosen for n, c in first.graphs.forms.items()}
     again = Tracker(bundle, threads=1)
-    assert len(timed) == 9  # nothing timed: all four choices came from the cache
+    assert len(timed) == 10  # nothing timed: all four choices came from the cache
     assert {n: c.chosen for n, c in again.graphs.forms.items()} == chosen
     assert all(c.cached for c in again.graphs.forms.values()) and ", cached)" in again.describe()
     Tracker(bundle, threads=2)
-    assert len(timed) == 18
+    assert len(timed) == 20
 
     cache = _own_cache / "forms.json"
     entries = json.loads(cache.read_text())
@@ -331,17 +344,17 @@ def test_a_cpu_times_each_bundle_once(
         cache.write_text(bad)
         timed.clear()
         Tracker(bundle, threads=1)
-        assert len(timed) == 9, bad
+        assert len(timed) == 10, bad
     cache.write_text("x" * (FormCache.LIMIT + 1))  # oversized: not read
     timed.clear()
     Tracker(bundle, threads=1)
-    assert len(timed) == 9
+    assert len(timed) == 10
     cache.unlink()
     cache.mkdir()  # cannot be written: still runs, times again next time
     timed.clear()
     Tracker(bundle, threads=1)
     Tracker(bundle, threads=1)
-    assert len(timed) == 18
+    assert len(timed) == 20
     assert sorted(p.name for p in _own_cache.iterdir()) == ["forms.json"]  # no stray files
 
 

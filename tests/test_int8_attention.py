@@ -22,7 +22,7 @@ from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_frames
 from samurai_onnx.compiler.modeling import common
 from samurai_onnx.compiler.modeling.common import (
-    INT8_QUERY_CHUNK,
+    QUERY_BLOCK,
     attention,
     int8_operands,
     set_attention_lowering,
@@ -73,7 +73,7 @@ def _export(tmp_path: Path) -> Path:
 
 
 @exact_int8_kernels
-@pytest.mark.parametrize("chunk", [INT8_QUERY_CHUNK, 40])
+@pytest.mark.parametrize("chunk", [QUERY_BLOCK, 40])
 def test_the_graph_computes_what_pytorch_computes(
     chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,7 +83,7 @@ def test_the_graph_computes_what_pytorch_computes(
     nothing (the queries are quantized before they are split)."""
     with torch.no_grad():
         whole = _Attend("int8")(*_qkv(1, nk=1234))
-    monkeypatch.setattr(common, "INT8_QUERY_CHUNK", chunk)
+    monkeypatch.setattr(common, "QUERY_BLOCK", chunk)
     path = _export(tmp_path)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     blocks = -(-96 // chunk)
@@ -108,7 +108,7 @@ def test_an_additive_key_mask_reaches_every_block(
 ) -> None:
     """Padded (static) memories come with an additive key mask; the int8 graph adds it to each
     block's scores as PyTorch does, and masked keys get no weight."""
-    monkeypatch.setattr(common, "INT8_QUERY_CHUNK", 40)
+    monkeypatch.setattr(common, "QUERY_BLOCK", 40)
     q, k, v = _qkv(4)
     mask = torch.zeros(1, 1, 1, k.shape[2])
     mask[..., -200:] = -1e4
@@ -188,7 +188,7 @@ REPORTS: list[PassReport] = []
 
 @pytest.fixture(scope="module")
 def int8attn_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny256 model for the shipped cpu-int8 target (``alternatives: [int8attn]``)."""
+    """The tiny256 model for the shipped cpu-int8 target (``alternatives: [int8attn, blocked]``)."""
     tmp = tmp_path_factory.mktemp("int8attn")
     manifest = _small_manifest(tmp / "tiny-256.yaml", 256)
     return compile_bundle(
@@ -201,9 +201,11 @@ def test_the_form_is_built_where_the_model_manifest_offers_it(int8attn_bundle: P
     """Built for memory attention only (``attention.int8`` in the model manifest), checked
     against PyTorch at the int8 tolerance from its export on, its weights quantized too."""
     header = yaml.safe_load((int8attn_bundle / "bundle.yaml").read_text())
-    assert header["target"]["alternatives"] == ["int8attn"]
+    assert header["target"]["alternatives"] == ["int8attn", "blocked"]
     built = {n: sorted(c.get("alternatives", {})) for n, c in header["components"].items()}
-    assert [n for n, forms in built.items() if forms] == ["memory_attention"]
+    assert {n: forms for n, forms in built.items() if forms} == {
+        "memory_attention": ["blocked", "int8attn"]
+    }
     entry = header["components"]["memory_attention"]
     alt = entry["alternatives"]["int8attn"]
     ops = [n.op_type for n in onnx.load(str(int8attn_bundle / alt["file"])).graph.node]
@@ -238,19 +240,20 @@ def test_the_form_is_not_run_where_its_products_saturate(
     int8attn_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On a CPU whose uint8 x int8 kernel saturates (x86 without VNNI or AMX; pretended here on
-    any CPU) the loader runs the main form without timing int8attn, and the engine line says
-    why; asked for by name, the form runs with a warning. Other engines and exact CPUs: all
-    forms are candidates."""
+    any CPU) the loader times the other forms (main, blocked) without int8attn, and the engine
+    line says why; asked for by name, the form runs with a warning. Other engines and exact
+    CPUs: all forms are candidates."""
     assert forms_not_run(["int8attn"], "onnxruntime", saturates=False) == {}
     assert forms_not_run(["int8attn"], "openvino", saturates=True) == {}
     assert forms_not_run(["unfused", "dense"], "onnxruntime", saturates=True) == {}
     monkeypatch.setenv("SAMURAI_ONNX_CACHE", str(int8attn_bundle.parent / "cache"))
     monkeypatch.setattr(graphs, "int8_saturates_here", lambda: True)
     tracker = Tracker(load_bundle(int8attn_bundle), num_frames=2)
-    assert "memory_attention: main (int8attn not run: uint8 x int8 products saturate" in (
+    choice = tracker.graphs.forms["memory_attention"]
+    assert set(choice.seconds) == {"main", "blocked"} and choice.chosen in choice.seconds
+    assert "; int8attn not run: uint8 x int8 products saturate on this CPU (no VNNI/AMX))" in (
         tracker.describe()
     )
-    assert not (int8attn_bundle.parent / "cache" / "forms.json").exists()  # nothing was timed
     Tracker(load_bundle(int8attn_bundle), num_frames=2, forms="int8attn")
     assert "the int8attn form runs although uint8 x int8 products saturate" in caplog.text
 

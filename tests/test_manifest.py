@@ -189,7 +189,7 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
     "memory_shape": (_set("memory_shape", "ragged"), "memory_shape", "dynamic, static"),
     "depthwise": (_set("depthwise", "separable"), "depthwise", "grouped, dense"),
     "alternatives_type": (_set("alternatives", "dense"), "alternatives", "expected a list"),
-    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm, layernorm, int8attn"),
+    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm, layernorm, int8attn, blocked"),
     "alternatives_twice": (_set("alternatives", ["dense", "dense"]), "alternatives", "at most once"),
     "alternatives_dense_main": (
         lambda d: d.update(depthwise="dense", alternatives=["dense"]),
@@ -205,6 +205,17 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
         _set("alternatives", ["int8attn"]),  # the base target (cpu) keeps fp32
         "alternatives",
         "needs quantization: int8",
+    ),
+    "attention_blocks_type": (
+        _set("attention_blocks", 1), "attention_blocks", "expected true or false"
+    ),
+    "attention_blocks_fused": (  # the base target (cpu) has fused attention
+        _set("attention_blocks", True), "attention_blocks", "set fused_attention: false"
+    ),
+    "alternatives_blocked_main": (
+        lambda d: d.update(fused_attention=False, attention_blocks=True, alternatives=["blocked"]),
+        "alternatives",
+        "blocked is already the main form",
     ),
     "processing": (_set("processing", "gpu"), "processing", "graph, host"),
     "prefetch": (_set("prefetch", "yes"), "prefetch", "expected true or false"),
@@ -242,6 +253,8 @@ def test_valid_manifests_load() -> None:
         # the int8attn form pays where the score matrix is large (README "Speed")
         offered = [n for n, c in m.components.items() if c.int8_attention]
         assert offered == ["memory_attention"]
+        # so does the blocked form (tests/test_blocked_attention.py)
+        assert [n for n, c in m.components.items() if c.blocked_attention] == offered
     for target in ("cpu", "cpu-int8", "cuda", "cuda-fp16", "ort-mobile", "tensorrt"):
         assert load_target_manifest(REPO / "targets" / f"{target}.yaml").name == target
         assert load_target_manifest(target).name == target

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from samurai_onnx.runtime.bundle import FORMS
+
 if TYPE_CHECKING:
     from samurai_onnx.runtime.bundle import TrackerSettings
 
@@ -72,7 +74,7 @@ def bench(
         "fastest",
         "--forms",
         help="Graphs the bundle holds in several forms (target 'alternatives'): fastest (timed "
-        "when loading), main, or a form (dense, unfused, gemm, layernorm, int8attn).",
+        f"when loading), main, or a form ({', '.join(FORMS)}).",
     ),
     repeats: int = typer.Option(
         3, "--repeats", help="Timed runs per component and batch size (after one warm-up)."

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from samurai_onnx.runtime.bundle import FORMS
+
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
@@ -40,7 +42,7 @@ def validate(
         "fastest",
         "--forms",
         help="Graphs the bundle holds in several forms (target 'alternatives'): fastest (timed "
-        "when loading), main, or a form (dense, unfused, gemm, layernorm, int8attn).",
+        f"when loading), main, or a form ({', '.join(FORMS)}).",
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
     markdown_out: Path | None = typer.Option(
