@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
+from attention_support import Attend, export_attention, masked_runs, qkv
 from conftest import _small_manifest, requires_oracle
 
 from samurai_onnx.compiler.build import PassReport, compile_bundle
@@ -23,7 +24,6 @@ from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_fr
 from samurai_onnx.compiler.modeling import common
 from samurai_onnx.compiler.modeling.common import (
     QUERY_BLOCK,
-    attention,
     int8_operands,
     set_attention_lowering,
 )
@@ -41,37 +41,6 @@ exact_int8_kernels = pytest.mark.skipif(
 )
 
 
-class _Attend(torch.nn.Module):
-    def __init__(self, lowering: str) -> None:
-        super().__init__()
-        self.lowering = lowering
-
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return attention(q, k, v, mask=mask, lowering=self.lowering)
-
-
-def _qkv(seed: int, nk: int = 700, d: int = 64, nq: int = 96) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, 1, nq, d, generator=g)
-    k = torch.randn(2, 1, nk, d, generator=g) * 3.0
-    v = torch.randn(2, 1, nk, 16, generator=g)
-    return q, k, v
-
-
-def _export(tmp_path: Path) -> Path:
-    path = tmp_path / "int8.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            _Attend("int8"), _qkv(0), str(path), input_names=["q", "k", "v"],
-            output_names=["o"], opset_version=17, dynamo=False,
-            custom_opsets={"com.microsoft": 1},
-            dynamic_axes={"q": {2: "queries"}, "k": {2: "keys"}, "v": {2: "keys"}},
-        )  # fmt: skip
-    return path
-
-
 @exact_int8_kernels
 @pytest.mark.parametrize("chunk", [QUERY_BLOCK, 40])
 def test_the_graph_computes_what_pytorch_computes(
@@ -82,9 +51,9 @@ def test_the_graph_computes_what_pytorch_computes(
     to fp32 rounding, for other key and query counts than the traced ones; and blocks change
     nothing (the queries are quantized before they are split)."""
     with torch.no_grad():
-        whole = _Attend("int8")(*_qkv(1, nk=1234))
+        whole = Attend("int8")(*qkv(1, nk=1234))
     monkeypatch.setattr(common, "QUERY_BLOCK", chunk)
-    path = _export(tmp_path)
+    path = export_attention("int8", qkv(0), tmp_path / "int8.onnx", dynamic=True)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     blocks = -(-96 // chunk)
     assert ops.count("MatMulIntegerToFloat") == blocks and ops.count("MatMul") == blocks
@@ -92,10 +61,10 @@ def test_the_graph_computes_what_pytorch_computes(
     assert ops.count("DynamicQuantizeLinear") == 1
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for nq in (96, 130, 50):  # the traced count, more and fewer (the last block takes the rest)
-        q, k, v = _qkv(1, nk=1234, nq=nq)
+        q, k, v = qkv(1, nk=1234, nq=nq)
         got = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
         with torch.no_grad():
-            want = _Attend("int8")(q, k, v)
+            want = Attend("int8")(q, k, v)
         assert got.shape == want.shape
         assert np.abs(got - want.numpy()).max() <= 1e-5 * float(want.abs().max()), nq
         if nq == 96:
@@ -109,23 +78,8 @@ def test_an_additive_key_mask_reaches_every_block(
     """Padded (static) memories come with an additive key mask; the int8 graph adds it to each
     block's scores as PyTorch does, and masked keys get no weight."""
     monkeypatch.setattr(common, "QUERY_BLOCK", 40)
-    q, k, v = _qkv(4)
-    mask = torch.zeros(1, 1, 1, k.shape[2])
-    mask[..., -200:] = -1e4
-    path = tmp_path / "masked.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            _Attend("int8"), (q, k, v, mask), str(path), input_names=["q", "k", "v", "mask"],
-            output_names=["o"], opset_version=17, dynamo=False,
-            custom_opsets={"com.microsoft": 1},
-        )  # fmt: skip
-        want = _Attend("int8")(q, k, v, mask)
-        v_off = v.clone()
-        v_off[:, :, -200:] = 1e3  # values of masked keys: no effect when their weight is 0
-        assert torch.allclose(_Attend("int8")(q, k, v_off, mask), want)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "mask": mask.numpy()}
-    got = session.run(None, feeds)[0]
+    got, want, hidden_changed = masked_runs("int8", "int8", tmp_path / "masked.onnx")
+    assert torch.allclose(hidden_changed, want)  # hidden keys: weight 0, values without effect
     assert np.abs(got - want.numpy()).max() <= 1e-5 * float(want.abs().max())
 
 
@@ -133,7 +87,7 @@ def test_int8_scores_are_fp32_scores_within_the_quantization_step() -> None:
     """Each score moves by at most what rounding q (step s_q) and k (step s_k) can move it:
     |dq.k| + |q.dk| + |dq.dk| <= D (s_q/2 max|k| + s_k/2 max|q| + s_q s_k / 4); and attention
     outputs stay within a few percent of fp32 attention."""
-    q, k, v = _qkv(2)
+    q, k, v = qkv(2)
     d = q.shape[-1]
     exact = q @ k.transpose(-2, -1)
     qi, kt, scale = int8_operands(q, k)
@@ -144,8 +98,8 @@ def test_int8_scores_are_fp32_scores_within_the_quantization_step() -> None:
     assert float((got - exact).abs().max()) <= bound
     assert float((got - exact).abs().max()) <= 0.02 * float(exact.abs().max())
     with torch.no_grad():
-        ref = _Attend("matmul")(q, k, v)
-        out = _Attend("int8")(q, k, v)
+        ref = Attend("matmul")(q, k, v)
+        out = Attend("int8")(q, k, v)
     assert float((out - ref).abs().max()) <= 0.05 * float(ref.abs().max())
     assert float((out - ref).abs().max()) > 0  # not exact: it is the int8 path that ran
 
@@ -153,11 +107,11 @@ def test_int8_scores_are_fp32_scores_within_the_quantization_step() -> None:
 def test_zero_keys_and_wide_heads() -> None:
     """All-zero keys give zero scores (uniform attention, as in fp32) instead of 0/0; head dims
     above 518 would leave the exact range of the fp32 integer product and are refused."""
-    q, k, v = _qkv(3)
+    q, k, v = qkv(3)
     k = torch.zeros_like(k)
     with torch.no_grad():
-        out = _Attend("int8")(q, k, v)
-        ref = _Attend("matmul")(q, k, v)
+        out = Attend("int8")(q, k, v)
+        ref = Attend("matmul")(q, k, v)
     assert torch.isfinite(out).all() and torch.allclose(out, ref, atol=1e-6)
     with pytest.raises(ValueError, match="head dims up to 518"):
         int8_operands(torch.ones(1, 2, 520), torch.ones(1, 3, 520))

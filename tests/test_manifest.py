@@ -136,6 +136,16 @@ MODEL_CASES: dict[str, tuple[Edit, str, str]] = {
         "components.memory_attention.attention.int8",
         "true or false",
     ),
+    "blocked_lowering_by_name": (  # a graph form, not a lowering to choose
+        _set("components.memory_attention.attention.fallback", "blocked"),
+        "components.memory_attention.attention.fallback",
+        "matmul, sdpa, ort_mha",
+    ),
+    "blocked_attention_type": (
+        _set("components.memory_attention.attention.blocked", 2),
+        "components.memory_attention.attention.blocked",
+        "expected true or false, got 2",
+    ),
     "quantization_value": (
         _set("components.image_encoder.quantization", "int4"),
         "components.image_encoder.quantization",
