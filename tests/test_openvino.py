@@ -291,13 +291,14 @@ def test_errors_are_engine_errors(tiny256_bundle: Path, tmp_path: Path) -> None:
 def test_tracking_equals_onnxruntime_at_fp32(tiny_bundle: Path) -> None:
     """Two objects over three synthetic frames: the same masks, boxes, candidates, memories.
     At 1024 pixels, where one low-resolution mask cell covers ~2 video pixels (at 256 pixels ~40,
-    and a logit at 0 rounded otherwise flips 7 of them)."""
+    and a logit at 0 rounded otherwise flips 7 of them). The same files on both engines (the
+    main forms: the engines' timings would pick forms per engine, and cost a minute here)."""
     bundle = load_bundle(tiny_bundle)
     frames = synthetic_frames(3)
     boxes = [SYNTHETIC_BOX, (300.0, 220.0, 60.0, 60.0)]
     runs = {}
     for name, b in (("onnxruntime", bundle), ("openvino", openvino_bundle(bundle))):
-        tracker = Tracker(b, threads=2, num_frames=len(frames))
+        tracker = Tracker(b, threads=2, num_frames=len(frames), forms="main")
         steps = []
         for result in tracker.track(iter(frames), boxes):
             steps.append((result, [dataclasses.replace(s.last) for s in tracker.states if s.last]))
