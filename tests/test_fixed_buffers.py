@@ -4,6 +4,8 @@ CUDA graphs need every run of a signature to read and write the same buffers; th
 those buffers and rewrites them on every run. These tests check that this changes nothing the
 tracker sees: a video with several objects, a late click, a removal and a mask prompt gives the
 same masks, boxes and scores as the regular path, and outputs stay valid as long as promised.
+Both paths run the main forms (compared bit for bit: the same graph files, not a choice timed
+per tracker).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _fixed_tracker(bundle: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any)
     monkeypatch.setattr(
         tracker_module, "create_engine", lambda settings: OrtEngine(settings, fixed_buffers=True)
     )
-    tracker = Tracker(bundle, **kwargs)
+    tracker = Tracker(bundle, forms="main", **kwargs)
     monkeypatch.undo()
     return tracker
 
@@ -55,7 +57,7 @@ def test_the_tracker_is_unchanged_with_fixed_buffers(
     frames = synthetic_frames(8)
     mask = np.zeros(frames[0].shape[:2], np.uint8)
     mask[200:260, 40:120] = 1
-    regular = Tracker(tiny256_bundle, num_frames=8)
+    regular = Tracker(tiny256_bundle, num_frames=8, forms="main")
     fixed = _fixed_tracker(tiny256_bundle, monkeypatch, num_frames=8)
     assert "fixed buffers" in fixed.engine.describe()
     want = _video(regular, frames, mask)
@@ -201,7 +203,7 @@ def test_every_graph_replays_in_the_steady_state(
 
     frames = synthetic_frames(26)
     fixed = _fixed_tracker(tiny256_bundle, monkeypatch, num_frames=26, overrides=FULL_BANK)
-    regular = Tracker(tiny256_bundle, num_frames=26, overrides=FULL_BANK)
+    regular = Tracker(tiny256_bundle, num_frames=26, overrides=FULL_BANK, forms="main")
     sessions = fixed.graphs.sessions
     runs = {n: s.captured for n, s in sessions.items()}  # type: ignore[attr-defined]
     rows: list[list[Any]] = [[], []]

@@ -1,6 +1,7 @@
 """Prefetch (runtime/ahead.py): the next frame encoded in a background thread while this one is
 tracked. What the tracker returns must not change at all; only when the image encoder runs does.
-The 256-pixel model: the same loop and graphs as at 1024, ~15x cheaper."""
+The 256-pixel model: the same loop and graphs as at 1024, ~15x cheaper; the main forms throughout
+(results compared bit for bit need the same graph files, not a choice timed per tracker)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def frames() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def plain(tiny256_bundle: Path, frames: list[np.ndarray]) -> list[list[Any]]:
-    tracker = Tracker(tiny256_bundle, prefetch=False)
+    tracker = Tracker(tiny256_bundle, prefetch=False, forms="main")
     boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
     return _rows(list(tracker.track(frames, boxes, prompts=PROMPTS)))
 
@@ -62,7 +63,7 @@ def test_prefetch_tracks_exactly_as_without(
     """Two objects, a late click, a removal and a correction: the same masks, boxes and scores,
     bit for bit, with every frame encoded in the background thread."""
     threads = _encoder_threads(monkeypatch)
-    tracker = Tracker(tiny256_bundle, prefetch=True)
+    tracker = Tracker(tiny256_bundle, prefetch=True, forms="main")
     assert tracker.describe().split("; forms")[0].endswith("; prefetch")
     boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
     same_rows(plain, _rows(list(tracker.track(frames, boxes, prompts=PROMPTS))))
@@ -77,7 +78,7 @@ def test_step_api_never_uses_another_frames_features(
     """``encode_ahead`` of one frame, then ``step`` of another: the frame stepped is encoded
     now, not the one ahead; stepping a frame given ahead takes its features."""
     threads = _encoder_threads(monkeypatch)
-    tracker = Tracker(tiny256_bundle, prefetch=True, num_frames=len(frames))  # as track() sets
+    tracker = Tracker(tiny256_bundle, prefetch=True, forms="main", num_frames=len(frames))  # as track() sets
     boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
 
     def row(objects: list[Any]) -> list[Any]:
@@ -108,7 +109,7 @@ def test_what_track_reads_ahead(tiny256_bundle: Path, frames: list[np.ndarray]) 
             yield frame
 
     for prefetch in (False, True):
-        tracker = Tracker(tiny256_bundle, prefetch=prefetch)
+        tracker = Tracker(tiny256_bundle, prefetch=prefetch, forms="main")
         read.clear()
         assert len(list(tracker.track(source(None), list(SYNTHETIC_BOX), max_frames=3))) == 3
         assert read == [0, 1, 2]
@@ -134,7 +135,7 @@ def test_an_error_in_the_background_is_raised_by_its_step(
         return real(self, frame, into_set)
 
     monkeypatch.setattr(SamuraiGraphs, "_encode", encode)
-    tracker = Tracker(tiny256_bundle, prefetch=True)
+    tracker = Tracker(tiny256_bundle, prefetch=True, forms="main")
     seen = []
     with pytest.raises(EngineError, match="out of memory"):
         for result in tracker.track(frames, list(SYNTHETIC_BOX)):
@@ -169,7 +170,7 @@ def test_prefetch_with_fixed_buffers_tracks_exactly_as_without(
     capture made with no other device work in flight (``engine/gate.py``)."""
     _fixed(monkeypatch)
     threads = _encoder_threads(monkeypatch)
-    tracker = Tracker(tiny256_bundle, prefetch=True)
+    tracker = Tracker(tiny256_bundle, prefetch=True, forms="main")
     assert tracker.prefetch and "fixed buffers" in tracker.describe()
     boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
     # results kept as returned: masks must not change under later frames' runs
@@ -191,7 +192,7 @@ def test_fixed_buffers_keep_features_encoded_ahead_through_other_frames(
     would overwrite them and track frames 2 and 3 off)."""
     _fixed(monkeypatch)
     threads = _encoder_threads(monkeypatch)
-    tracker = Tracker(tiny256_bundle, prefetch=True, num_frames=len(frames))  # as track() sets
+    tracker = Tracker(tiny256_bundle, prefetch=True, forms="main", num_frames=len(frames))  # as track() sets
     boxes = [list(SYNTHETIC_BOX), [300.0, 210.0, 70.0, 70.0]]
 
     def row(objects: list[Any]) -> list[Any]:
