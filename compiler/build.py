@@ -43,6 +43,7 @@ from samurai_onnx.compiler.manifest import (
 from samurai_onnx.compiler.modeling.common import (
     BLOCKED_LOWERING,
     INT8_LOWERING,
+    UINT8_KEYS_LOWERING,
     set_attention_lowering,
     set_norm_lowering,
 )
@@ -77,6 +78,9 @@ from samurai_onnx.runtime.signals import StopFlag
 log = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {1: "float32", 7: "int64", 10: "float16", 9: "bool", 2: "uint8"}
+# the forms whose attention scores are integer products (not exact: judged at the int8
+# tolerance from the export on), and their lowerings: int8 keys, or the same keys as uint8
+INT8_SCORE_FORMS = {"int8attn": INT8_LOWERING, "u8attn": UINT8_KEYS_LOWERING}
 
 
 class BuildError(RuntimeError):
@@ -208,8 +212,8 @@ def _build_model_graph(
     ``form`` builds one of the target's alternatives instead of the main form, given the main
     form's build ``main``; None when it does not apply to this graph (``dense`` without
     depthwise convolutions, ``unfused`` where the main form has no fused attention, ``gemm``
-    without convolutions its pass rewrites, ``layernorm`` without ``LayerNorm2d``, ``int8attn``
-    and ``blocked`` where the model manifest does not offer them). ``dense`` and ``gemm`` start
+    without convolutions its pass rewrites, ``layernorm`` without ``LayerNorm2d``, ``int8attn``,
+    ``u8attn`` and ``blocked`` where the model manifest does not offer them). ``dense`` and ``gemm`` start
     from the main form's exported (and simplified) graph instead of exporting again."""
     spec = manifest.components[name]
     lowering = attention_lowering(spec, target)
@@ -217,10 +221,10 @@ def _build_model_graph(
         if lowering == spec.attention:
             return None
         lowering = spec.attention
-    if form == "int8attn":  # where the model manifest offers it (attention.int8)
+    if form in INT8_SCORE_FORMS:  # where the model manifest offers it (attention.int8)
         if not spec.int8_attention:
             return None
-        lowering = INT8_LOWERING
+        lowering = INT8_SCORE_FORMS[form]
     if form == "blocked":  # where the model manifest offers it (attention.blocked)
         if not spec.blocked_attention:
             return None
@@ -228,7 +232,7 @@ def _build_model_graph(
 
     def judged(precision: str) -> str:
         """int8 attention is not exact from the export on: its fp32 files are judged as int8."""
-        return "int8" if form == "int8attn" and precision == "fp32" else precision
+        return "int8" if form in INT8_SCORE_FORMS and precision == "fp32" else precision
 
     dense_from: Path | None = None
     if form in ("dense", "gemm"):

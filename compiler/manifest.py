@@ -64,7 +64,7 @@ class ComponentSpec:
     quantization: dict[str, Any] | None  # None: never quantized
     tolerance: dict[str, float]
     fused_attention: str | None = None  # used where the target allows fused kernels
-    # the int8attn form (attention scores in int8) is built for this graph where a target asks
+    # the int8attn and u8attn forms (attention scores in int8) are built where a target asks
     int8_attention: bool = False
     # the blocked form (attention in blocks of queries) is built for this graph where a target asks
     blocked_attention: bool = False
@@ -379,11 +379,13 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "true); drop one of them"
         )
     quantization = choice("quantization", "none", QUANTIZATIONS)
-    if "int8attn" in alternatives and quantization != "int8":
-        raise ManifestError(
-            f"{_at(where, 'alternatives')}: int8attn (attention scores in int8) is not exact, so "
-            "it needs quantization: int8 (the int8 tolerance); drop it or set quantization: int8"
-        )
+    for form in ("int8attn", "u8attn"):
+        if form in alternatives and quantization != "int8":
+            raise ManifestError(
+                f"{_at(where, 'alternatives')}: {form} (attention scores in int8) is not exact, "
+                "so it needs quantization: int8 (the int8 tolerance); drop it or set "
+                "quantization: int8"
+            )
     return TargetManifest(
         path=path,
         name=name,

@@ -57,11 +57,12 @@ DEPTHWISE = ("grouped", "dense")
 # kernel; ``gemm``: the convolutions cuDNN serves worst as matrix products,
 # compiler/passes/conv_gemm.py; ``layernorm``: LayerNorm2d as one LayerNormalization over the
 # channels instead of channel-axis ReduceMeans; ``int8attn``: attention scores as an integer
-# product, int8 targets only; ``blocked``: attention as MatMul/Softmax/MatMul for 1024 queries at
+# product, int8 targets only; ``u8attn``: the same integers with the keys stored as uint8, for
+# ONNX Runtime's uint8 x uint8 kernels, exact on x86 CPUs without VNNI/AMX; ``blocked``: attention as MatMul/Softmax/MatMul for 1024 queries at
 # a time, bounded score matrices), each checked against PyTorch like the main form. Which kernels are fastest depends on
 # the device, so the runtime times the forms where it runs and keeps the fastest
 # (runtime/engine/forms.py).
-FORMS = ("dense", "unfused", "gemm", "layernorm", "int8attn", "blocked")
+FORMS = ("dense", "unfused", "gemm", "layernorm", "int8attn", "u8attn", "blocked")
 DIGEST_NAME = "bundle.yaml.sha256"  # sha256sum format: "<hex>  bundle.yaml"
 COMPONENTS = GRAPHS
 

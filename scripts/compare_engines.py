@@ -9,6 +9,12 @@ ONNX Runtime fp32 (max abs difference over the max abs value, worst output).
 
 Engines: ONNX Runtime fp32 (the bundle's files), ONNX Runtime int8 (``--int8``: a cpu-int8
 bundle of the same checkpoint), OpenVINO f32 and bf16 (the bundle's files; needs openvino).
+``--forms main,u8attn,blocked`` compares a bundle's graph forms on ONNX Runtime instead (errors
+relative to the first form; graphs without a form leave it out), alternating their order from
+one repeat to the next, the same runs as the loader's choice but more of them:
+
+    python scripts/compare_engines.py bundles/tiny-cpu-int8 --forms main,blocked,u8attn \
+        --graphs memory_attention --repeats 8 --threads 2
 """
 
 from __future__ import annotations
@@ -35,11 +41,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--graphs", default=",".join(MODEL_GRAPHS))
+    parser.add_argument("--forms", help="compare these forms of the bundle's graphs instead")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
     args = parser.parse_args()
 
     bundle = load_bundle(args.bundle)
     ort = create_engine(EngineSettings(threads=args.threads))
+    if args.forms:
+        compare_forms(args, bundle, ort)
+        return
     ov = {
         p: create_engine(
             EngineSettings(
@@ -98,6 +108,50 @@ def main() -> None:
         print(f"| {graph} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "graphs": report}, indent=2))
+
+
+def compare_forms(args: argparse.Namespace, bundle: Any, engine: Any) -> None:
+    """``--forms``: the bundle's forms of each graph on one engine, alternating their order."""
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    print(f"Machine: {machine()}")
+    print(f"onnxruntime: {engine.describe()}")
+    report: dict[str, dict[str, Any]] = {}
+    for graph in args.graphs.split(","):
+        have = [f for f in forms if f == "main" or f in bundle.components[graph].alternatives]
+        if len(have) < 2:
+            continue
+        spec = contract(graph, bundle.tracker.geometry)
+        feeds = steady_state_feeds(graph, 1, bundle.tracker.geometry, False)
+        sessions = {
+            f: engine.load(bundle.file(graph, None if f == "main" else f), spec) for f in have
+        }
+        outputs = {  # also the warm-up
+            f: {o: np.asarray(engine.download(v)) for o, v in s.run(feeds).items()}
+            for f, s in sessions.items()
+        }
+        ref = outputs[have[0]]
+        times: dict[str, list[float]] = {f: [] for f in have}
+        for i in range(args.repeats):
+            for f in have if i % 2 == 0 else have[::-1]:
+                t0 = time.perf_counter()
+                sessions[f].run(feeds)
+                times[f].append(time.perf_counter() - t0)
+        report[graph] = {
+            f: {
+                "median_s": float(np.median(times[f])),
+                "min_s": min(times[f]),
+                "runs_s": [round(t, 3) for t in times[f]],
+                "max_rel_error": max(relative_error(outputs[f][o], ref[o]) for o in ref),
+            }
+            for f in have
+        }
+        print(graph, json.dumps(report[graph]), flush=True)
+        print(f"| {graph} form | median s | min s | error vs {have[0]} |")
+        print("|---|---|---|---|")
+        for f, r in report[graph].items():
+            print(f"| {f} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_rel_error']:.1e} |")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "forms": report}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ one run, so that one lent GPU session is enough:
    graphs (``enable_cuda_graph``: fixed addresses), also on the graph specialised to its input
    shapes (onnxsim), and for the memory encoder with its depthwise convolutions made dense
    (``compiler/passes/depthwise.py``); each of the bundle's other forms (``alternatives``:
-   dense, unfused, gemm, layernorm, int8attn, blocked) timed the same way, with its own device-vs-CPU parity (would the runtime's
+   ``bundle.FORMS``) timed the same way, with its own device-vs-CPU parity (would the runtime's
    fastest form also be the closer one?); the profiler's top nodes and op types per graph; with
    ``--checkpoint``, the reference's top operators for the memory encoder and decoder.
 

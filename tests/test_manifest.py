@@ -199,7 +199,7 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
     "memory_shape": (_set("memory_shape", "ragged"), "memory_shape", "dynamic, static"),
     "depthwise": (_set("depthwise", "separable"), "depthwise", "grouped, dense"),
     "alternatives_type": (_set("alternatives", "dense"), "alternatives", "expected a list"),
-    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm, layernorm, int8attn, blocked"),
+    "alternatives_name": (_set("alternatives", ["dense", "nhwc"]), "alternatives[1]", "dense, unfused, gemm, layernorm, int8attn, u8attn, blocked"),
     "alternatives_twice": (_set("alternatives", ["dense", "dense"]), "alternatives", "at most once"),
     "alternatives_dense_main": (
         lambda d: d.update(depthwise="dense", alternatives=["dense"]),
@@ -215,6 +215,11 @@ TARGET_CASES: dict[str, tuple[Edit, str, str]] = {
         _set("alternatives", ["int8attn"]),  # the base target (cpu) keeps fp32
         "alternatives",
         "needs quantization: int8",
+    ),
+    "alternatives_u8attn_fp32": (
+        _set("alternatives", ["u8attn"]),
+        "alternatives",
+        "u8attn (attention scores in int8) is not exact",
     ),
     "attention_blocks_type": (
         _set("attention_blocks", 1), "attention_blocks", "expected true or false"

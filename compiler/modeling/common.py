@@ -30,6 +30,13 @@ manifest's ``attention`` setting):
   product is most of memory attention's work; with VNNI the integer product runs at ~2x the
   fp32 rate (README "Speed"). PyTorch computes the same integers, so eager and ONNX agree to
   fp32 rounding.
+- ``"int8u8"``: ``"int8"`` with the integer keys stored as uint8 shifted by 128 (zero point 128):
+  the same integers and the same numbers, computed by ONNX Runtime's uint8 x uint8 kernels. Why:
+  on x86 CPUs without VNNI or AMX its uint8 x int8 kernel adds pairs of products in 16 bits with
+  saturation (``"int8"``'s scores are then not the checked integers), while its uint8 x uint8
+  kernel widens to 16 bits first and is exact everywhere; where VNNI or AMX run ``"int8"``
+  exactly they run it faster (MLAS has no AVX512-VNNI or AMX kernel for uint8 x uint8). Not a
+  manifest choice either: the ``u8attn`` graph form.
 """
 
 from __future__ import annotations
@@ -43,8 +50,9 @@ from torch import nn
 
 ATTENTION_LOWERINGS = ("matmul", "sdpa", "ort_mha")  # what model manifests may name
 INT8_LOWERING = "int8"  # not a manifest choice: the int8attn graph form (int8 targets only)
+UINT8_KEYS_LOWERING = "int8u8"  # not a manifest choice: the u8attn graph form (int8 targets only)
 BLOCKED_LOWERING = "blocked"  # not a manifest choice: the blocked graph form
-_LOWERINGS = (*ATTENTION_LOWERINGS, INT8_LOWERING, BLOCKED_LOWERING)
+_LOWERINGS = (*ATTENTION_LOWERINGS, INT8_LOWERING, UINT8_KEYS_LOWERING, BLOCKED_LOWERING)
 
 
 class MLP(nn.Module):
@@ -129,7 +137,7 @@ def attention(
         return out.reshape(b, nq, h, v.shape[3]).transpose(1, 2)
     if lowering == "ort_mha":
         lowering = "matmul"  # the fused op takes no additive mask here
-    if lowering not in ("matmul", INT8_LOWERING, BLOCKED_LOWERING):
+    if lowering not in ("matmul", INT8_LOWERING, UINT8_KEYS_LOWERING, BLOCKED_LOWERING):
         raise ValueError(f"unknown attention lowering {lowering!r}; use one of {_LOWERINGS}")
     scale = 1.0 / math.sqrt(q.shape[-1])
     q = q * scale
@@ -138,8 +146,9 @@ def attention(
     # the traced query count only decides where the graph's blocks start (the last block takes
     # whatever is left), so the graph stays right for any count
     blocks = max(1, -(-int(q.shape[-2]) // QUERY_BLOCK))
-    if lowering == INT8_LOWERING:
-        return _int8_attention(q, k, v, mask, QUERY_BLOCK, blocks)
+    if lowering in (INT8_LOWERING, UINT8_KEYS_LOWERING):
+        unsigned = int(lowering == UINT8_KEYS_LOWERING)
+        return _int8_attention(q, k, v, mask, QUERY_BLOCK, blocks, unsigned)
     kt = k.transpose(-2, -1)
     if blocks == 1:
         return _scores_times_values(q, kt, v, mask)
@@ -254,9 +263,12 @@ def _int8_attention(
     mask: torch.Tensor | None,
     chunk: int,
     blocks: int,
+    unsigned_keys: int,
 ) -> torch.Tensor:
     """``softmax(q k^T + mask) v`` with integer scores (``int8_operands``) in ``blocks`` blocks
-    of ``chunk`` queries, the last taking the rest (``q`` already scaled by ``1/sqrt(D)``)."""
+    of ``chunk`` queries, the last taking the rest (``q`` already scaled by ``1/sqrt(D)``).
+    ``unsigned_keys`` (1: ``"int8u8"``) changes only how the graph stores the keys, not the
+    integers, so the eager computation is the same for both."""
     qi, kt, scale = int8_operands(q, k)
     outs = []
     for rows in _query_blocks(qi, chunk, blocks):
@@ -272,11 +284,13 @@ _int8_attention.register_fake(lambda q, k, v, *_: q.new_empty(*q.shape[:-1], v.s
 
 
 def _int8_attention_symbolic(
-    g: Any, q: Any, k: Any, v: Any, mask: Any, chunk: Any, blocks: Any
+    g: Any, q: Any, k: Any, v: Any, mask: Any, chunk: Any, blocks: Any, unsigned_keys: Any
 ) -> Any:
     """DynamicQuantizeLinear (queries), ReduceMax/QuantizeLinear (keys) once; then per block of
     queries (a Slice) ONNX Runtime's ``com.microsoft.MatMulIntegerToFloat`` (the integer product
-    and both scales), the mask, Softmax and the value MatMul; the blocks concatenated."""
+    and both scales), the mask, Softmax and the value MatMul; the blocks concatenated. Unsigned
+    keys: QuantizeLinear to uint8 with zero point 128 (``round(k / s) + 128`` in [1, 255]) and
+    the same zero point given to MatMulIntegerToFloat, which subtracts it again."""
     from torch.onnx import symbolic_helper
 
     rank = symbolic_helper._get_tensor_rank(q)
@@ -284,6 +298,7 @@ def _int8_attention_symbolic(
         raise ValueError("int8 attention needs queries of known rank")
     step = int(symbolic_helper._maybe_get_const(chunk, "i"))
     count = int(symbolic_helper._maybe_get_const(blocks, "i"))
+    unsigned = bool(symbolic_helper._maybe_get_const(unsigned_keys, "i"))
 
     def const(value: Any, dtype: torch.dtype = torch.int64) -> Any:
         return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
@@ -291,7 +306,8 @@ def _int8_attention_symbolic(
     qq, qs, qz = g.op("DynamicQuantizeLinear", q, outputs=3)
     top = g.op("ReduceMax", g.op("Abs", k), keepdims_i=0)
     ks = g.op("Div", g.op("Max", top, const(_TINY, torch.float32)), const(127.0, torch.float32))
-    kq = g.op("QuantizeLinear", k, ks, const(0, torch.int8))
+    kz = const(128, torch.uint8) if unsigned else const(0, torch.int8)
+    kq = g.op("QuantizeLinear", k, ks, kz)
     kt = g.op("Transpose", kq, perm_i=[*range(rank - 2), rank - 1, rank - 2])
     outs = []
     for i in range(count):
@@ -302,7 +318,8 @@ def _int8_attention_symbolic(
         )  # fmt: skip
         # (block - qz) @ kt * qs * ks in one kernel (ONNX Runtime's own fusion of MatMulInteger,
         # Cast and Mul does not fire behind the Slice: the blocks then took 1.44 s, not 1.19 s)
-        logits = g.op("com.microsoft::MatMulIntegerToFloat", block, kt, qs, ks, qz)
+        zeros = (qz, kz) if unsigned else (qz,)
+        logits = g.op("com.microsoft::MatMulIntegerToFloat", block, kt, qs, ks, *zeros)
         if not symbolic_helper._is_none(mask):
             logits = g.op("Add", logits, mask)
         outs.append(g.op("MatMul", g.op("Softmax", logits, axis_i=-1), v))
