@@ -21,7 +21,13 @@ from samurai_onnx.compiler.evaluate.metrics import mask_iou
 from samurai_onnx.compiler.evaluate.synthetic import synthetic_box, synthetic_frames
 from samurai_onnx.compiler.modeling import common
 from samurai_onnx.compiler.passes.depthwise import count_depthwise, densify_file
-from samurai_onnx.runtime.bundle import BundleError, load_bundle, seal_manifest, sha256_file
+from samurai_onnx.runtime.bundle import (
+    FORMS,
+    BundleError,
+    load_bundle,
+    seal_manifest,
+    sha256_file,
+)
 from samurai_onnx.runtime.engine import forms as forms_module
 from samurai_onnx.runtime.engine.forms import FormCache, Timing
 from samurai_onnx.runtime.tracker import Tracker, TrackerError
@@ -195,7 +201,7 @@ def _break_dense(case: str, entry: dict[str, Any], root: Path) -> None:
         ("tampered", "components.memory_encoder.alternatives.dense: memory_encoder.dense.onnx does not match its sha256"),
         ("outside", "points outside the bundle directory"),
         ("missing", "is missing; rebuild or re-copy the bundle"),
-        ("unknown", "unknown key(s) sparse; allowed: blocked, dense, gemm, int8attn, layernorm, unfused"),
+        ("unknown", f"unknown key(s) sparse; allowed: {', '.join(sorted(FORMS))}"),
         ("no_file", "alternatives.dense.file: missing (required)"),
     ],
 )
