@@ -66,6 +66,7 @@ from samurai_onnx.compiler.passes.verify import (
 from samurai_onnx.compiler.processing import PROCESSING_GRAPHS
 from samurai_onnx.runtime.bundle import (
     COMPONENTS,
+    INT8_SCORE_FORMS,
     TrackerSettings,
     sha256_file,
     write_bundle_manifest,
@@ -78,9 +79,13 @@ from samurai_onnx.runtime.signals import StopFlag
 log = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {1: "float32", 7: "int64", 10: "float16", 9: "bool", 2: "uint8"}
-# the forms whose attention scores are integer products (not exact: judged at the int8
-# tolerance from the export on), and their lowerings: int8 keys, or the same keys as uint8
-INT8_SCORE_FORMS = {"int8attn": INT8_LOWERING, "u8attn": UINT8_KEYS_LOWERING}
+# the forms that differ from the main form in their attention lowering alone (built where the
+# model manifest offers them: attention.int8 for the integer-score forms, attention.blocked)
+_ATTENTION_FORMS = {
+    "int8attn": INT8_LOWERING,
+    "u8attn": UINT8_KEYS_LOWERING,
+    "blocked": BLOCKED_LOWERING,
+}
 
 
 class BuildError(RuntimeError):
@@ -221,14 +226,11 @@ def _build_model_graph(
         if lowering == spec.attention:
             return None
         lowering = spec.attention
-    if form in INT8_SCORE_FORMS:  # where the model manifest offers it (attention.int8)
-        if not spec.int8_attention:
+    if form in _ATTENTION_FORMS:
+        offered = spec.int8_attention if form in INT8_SCORE_FORMS else spec.blocked_attention
+        if not offered:
             return None
-        lowering = INT8_SCORE_FORMS[form]
-    if form == "blocked":  # where the model manifest offers it (attention.blocked)
-        if not spec.blocked_attention:
-            return None
-        lowering = BLOCKED_LOWERING
+        lowering = _ATTENTION_FORMS[form]
 
     def judged(precision: str) -> str:
         """int8 attention is not exact from the export on: its fp32 files are judged as int8."""

@@ -25,6 +25,7 @@ from samurai_onnx.runtime.bundle import (
     ENGINES,
     FORMS,
     GEOMETRY_SETTINGS,
+    INT8_SCORE_FORMS,
     PROCESSING,
     TrackerSettings,
 )
@@ -379,7 +380,7 @@ def load_target_manifest(path: str | Path) -> TargetManifest:
             "true); drop one of them"
         )
     quantization = choice("quantization", "none", QUANTIZATIONS)
-    for form in ("int8attn", "u8attn"):
+    for form in INT8_SCORE_FORMS:
         if form in alternatives and quantization != "int8":
             raise ManifestError(
                 f"{_at(where, 'alternatives')}: {form} (attention scores in int8) is not exact, "

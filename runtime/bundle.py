@@ -63,6 +63,9 @@ DEPTHWISE = ("grouped", "dense")
 # the device, so the runtime times the forms where it runs and keeps the fastest
 # (runtime/engine/forms.py).
 FORMS = ("dense", "unfused", "gemm", "layernorm", "int8attn", "u8attn", "blocked")
+# the forms whose attention scores are integer products (uint8 x int8 keys, uint8 x uint8 keys):
+# not exact, so int8 targets only, judged at the int8 tolerance from the export on
+INT8_SCORE_FORMS = ("int8attn", "u8attn")
 DIGEST_NAME = "bundle.yaml.sha256"  # sha256sum format: "<hex>  bundle.yaml"
 COMPONENTS = GRAPHS
 

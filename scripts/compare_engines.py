@@ -75,25 +75,7 @@ def main() -> None:
         sessions = {
             k: (e, e.load(load_bundle(path).file(graph), spec)) for k, (e, path) in sides.items()
         }
-        outputs = {
-            k: {o: np.asarray(e.download(v)) for o, v in s.run(feeds).items()}
-            for k, (e, s) in sessions.items()  # also the warm-up
-        }
-        ref = outputs["onnxruntime fp32"]
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for _ in range(args.repeats):
-            for k, (_, s) in sessions.items():
-                t0 = time.perf_counter()
-                s.run(feeds)
-                times[k].append(time.perf_counter() - t0)
-        report[graph] = {
-            k: {
-                "median_s": float(np.median(times[k])),
-                "runs_s": [round(t, 3) for t in times[k]],
-                "max_rel_error": max(relative_error(outputs[k][o], ref[o]) for o in ref),
-            }
-            for k in sessions
-        }
+        report[graph] = _timed(sessions, feeds, args.repeats)
         print(graph, json.dumps(report[graph]), flush=True)
     names = list(sides)
     print()
@@ -110,6 +92,38 @@ def main() -> None:
         args.json.write_text(json.dumps({"machine": machine(), "graphs": report}, indent=2))
 
 
+def _timed(
+    sessions: dict[str, tuple[Any, Any]],
+    feeds: dict[str, Any],
+    repeats: int,
+    alternate: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each side's (engine, session) run once (the warm-up, whose outputs are compared with the
+    first side's), then ``repeats`` times in turn; ``alternate``: in reverse order every other
+    repeat, so that no side always runs right after the same one."""
+    outputs = {
+        k: {o: np.asarray(e.download(v)) for o, v in s.run(feeds).items()}
+        for k, (e, s) in sessions.items()
+    }
+    ref = next(iter(outputs.values()))
+    order = list(sessions)
+    times: dict[str, list[float]] = {k: [] for k in order}
+    for i in range(repeats):
+        for k in order[::-1] if alternate and i % 2 else order:
+            t0 = time.perf_counter()
+            sessions[k][1].run(feeds)
+            times[k].append(time.perf_counter() - t0)
+    return {
+        k: {
+            "median_s": float(np.median(times[k])),
+            "min_s": min(times[k]),
+            "runs_s": [round(t, 3) for t in times[k]],
+            "max_rel_error": max(relative_error(outputs[k][o], ref[o]) for o in ref),
+        }
+        for k in order
+    }
+
+
 def compare_forms(args: argparse.Namespace, bundle: Any, engine: Any) -> None:
     """``--forms``: the bundle's forms of each graph on one engine, alternating their order."""
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
@@ -123,28 +137,10 @@ def compare_forms(args: argparse.Namespace, bundle: Any, engine: Any) -> None:
         spec = contract(graph, bundle.tracker.geometry)
         feeds = steady_state_feeds(graph, 1, bundle.tracker.geometry, False)
         sessions = {
-            f: engine.load(bundle.file(graph, None if f == "main" else f), spec) for f in have
-        }
-        outputs = {  # also the warm-up
-            f: {o: np.asarray(engine.download(v)) for o, v in s.run(feeds).items()}
-            for f, s in sessions.items()
-        }
-        ref = outputs[have[0]]
-        times: dict[str, list[float]] = {f: [] for f in have}
-        for i in range(args.repeats):
-            for f in have if i % 2 == 0 else have[::-1]:
-                t0 = time.perf_counter()
-                sessions[f].run(feeds)
-                times[f].append(time.perf_counter() - t0)
-        report[graph] = {
-            f: {
-                "median_s": float(np.median(times[f])),
-                "min_s": min(times[f]),
-                "runs_s": [round(t, 3) for t in times[f]],
-                "max_rel_error": max(relative_error(outputs[f][o], ref[o]) for o in ref),
-            }
+            f: (engine, engine.load(bundle.file(graph, None if f == "main" else f), spec))
             for f in have
         }
+        report[graph] = _timed(sessions, feeds, args.repeats, alternate=True)
         print(graph, json.dumps(report[graph]), flush=True)
         print(f"| {graph} form | median s | min s | error vs {have[0]} |")
         print("|---|---|---|---|")

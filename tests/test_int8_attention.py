@@ -32,6 +32,7 @@ from samurai_onnx.compiler.modeling.common import (
     set_attention_lowering,
 )
 from samurai_onnx.compiler.modeling.memory_attention import fold_value_projections
+from samurai_onnx.compiler.passes.conv_gemm import constant_arrays
 from samurai_onnx.runtime import graphs
 from samurai_onnx.runtime.bundle import load_bundle
 from samurai_onnx.runtime.engine.forms import forms_not_run
@@ -205,14 +206,15 @@ def test_the_form_is_built_where_the_model_manifest_offers_it(
     }
     entry = header["components"]["memory_attention"]
     alt = entry["alternatives"][form]
-    graph = onnx.load(str(int8attn_bundle / alt["file"])).graph
-    ops = [n.op_type for n in graph.node]
+    model = onnx.load(str(int8attn_bundle / alt["file"]))
+    ops = [n.op_type for n in model.graph.node]
     main = [n.op_type for n in onnx.load(str(int8attn_bundle / entry["file"])).graph.node]
     # every attention's scores in integers (4 layers: self and cross), the weights' products too
     assert ops.count("DynamicQuantizeLinear") > 8 and ops.count("MatMulIntegerToFloat") >= 8
     assert "MultiHeadAttention" in main and "MultiHeadAttention" not in ops
+    constants = constant_arrays(model)
     key_types = {  # what the keys' QuantizeLinear writes (its zero point's type)
-        _zero_point_type(graph, n.input[2]) for n in graph.node
+        constants[n.input[2]].dtype.name for n in model.graph.node
         if n.op_type == "QuantizeLinear" and len(n.input) == 3
     }  # fmt: skip
     assert key_types == {"uint8" if form == "u8attn" else "int8"}
@@ -221,17 +223,6 @@ def test_the_form_is_built_where_the_model_manifest_offers_it(
     exported = [r for r in REPORTS if r.component == f"memory_attention/{form}"]
     assert [r.name for r in exported] == ["export", "simplify", "int8"]
     assert all(r.tolerance == 5.0 for r in exported)  # judged as int8 before quantizing
-
-
-def _zero_point_type(graph: onnx.GraphProto, name: str) -> str:
-    """The element type of a graph's constant ``name`` (an initializer or a Constant node)."""
-    for init in graph.initializer:
-        if init.name == name:
-            return onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].t.data_type).name
-    raise AssertionError(f"{name} is not a constant")
 
 
 def test_tracking_with_int8_scores_stays_with_the_main_form(int8attn_bundle: Path) -> None:

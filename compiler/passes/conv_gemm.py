@@ -72,7 +72,7 @@ def _ints(attrs: dict[str, object], key: str, default: tuple[int, ...]) -> tuple
     return tuple(int(v) for v in value) if isinstance(value, list | tuple) else default
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def constant_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Initializers and ``Constant`` node outputs, as arrays (weights come as either)."""
     found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
@@ -96,7 +96,7 @@ def _spatial(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
 
 def _candidates(model: onnx.ModelProto) -> list[_Conv]:
     """The convolutions of ``model`` this pass rewrites, in graph order."""
-    consts = _constants(model)
+    consts = constant_arrays(model)
     spatial = _spatial(model)
     found = []
     for node in model.graph.node:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from samurai_onnx.runtime.bundle import FORMS
+from samurai_onnx.runtime.bundle import FORMS, INT8_SCORE_FORMS
 from samurai_onnx.runtime.contract import GraphContract
 from samurai_onnx.runtime.engine.base import Engine, EngineError, EngineSettings, GraphSession
 
@@ -113,8 +113,9 @@ class FormChoice:
         return f"{self.graph}: {self.chosen} ({'; '.join([ms(self.chosen), *others])}{cached})"
 
 
-INT8_SCORES = "int8attn"  # the form whose score products are uint8 x int8 at run time
-UINT8_SCORES = "u8attn"  # the same integers as uint8 x uint8 products (keys shifted by 128)
+# the form whose score products are uint8 x int8 at run time, and the same integers as uint8 x
+# uint8 products (keys shifted by 128)
+INT8_SCORES, UINT8_SCORES = INT8_SCORE_FORMS
 
 
 def forms_not_run(forms: Sequence[str], engine: str, saturates: bool) -> dict[str, str]:
